@@ -1,0 +1,3 @@
+"""segbench: which segmentation architecture, at what cost?"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,9 @@
+"""Blocks shared by several architectures. The three ops that have Triton kernels take a
+`kernels` switch ("torch" | "triton"); the rest are plain PyTorch."""
+
+from segbench.layers.attention import window_attention
+from segbench.layers.conv import ConvBNAct
+from segbench.layers.pooling import MaxPoolWithIndices, MaxUnpool
+from segbench.layers.separable import SeparableConv2d
+
+__all__ = ["ConvBNAct", "MaxPoolWithIndices", "MaxUnpool", "SeparableConv2d", "window_attention"]

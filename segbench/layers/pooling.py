@@ -1,0 +1,29 @@
+"""SegNet's pooling pair: a max-pool that keeps where each maximum came from, and the unpool
+that puts each value back there (zeros elsewhere)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MaxPoolWithIndices(nn.Module):
+    """2x2/2 max-pool returning (values, indices); the indices feed the matching MaxUnpool."""
+
+    def __init__(self, kernel_size: int = 2, stride: int = 2, kernels: str = "torch"):
+        super().__init__()
+        self.kernel_size, self.stride, self.kernels = kernel_size, stride, kernels
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.max_pool2d(x, self.kernel_size, self.stride, return_indices=True)
+
+
+class MaxUnpool(nn.Module):
+    def __init__(self, kernel_size: int = 2, stride: int = 2, kernels: str = "torch"):
+        super().__init__()
+        self.kernel_size, self.stride, self.kernels = kernel_size, stride, kernels
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size) -> torch.Tensor:
+        return F.max_unpool2d(x, indices, self.kernel_size, self.stride,
+                              output_size=list(output_size)[-2:])
