@@ -1,0 +1,1 @@
+"""Measurements, one concern per module; each is a function (model, inputs, cfg) -> dict."""
