@@ -10,6 +10,15 @@ import pytest
 import torch
 
 COPY_BYTES = 1 << 30  # 1 GiB source: far larger than L2, so it measures HBM
+L2_FLUSH_BYTES = 256 << 20  # written before every timed call so no run starts with a warm L2
+_flush_buffer: torch.Tensor | None = None
+
+
+def flush_l2() -> None:
+    global _flush_buffer
+    if _flush_buffer is None:
+        _flush_buffer = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    _flush_buffer.zero_()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -20,13 +29,16 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
-def cuda_median_ms(fn, warmup: int = 25, repeats: int = 100) -> float:
-    """Median time of fn() in ms over `repeats` runs timed with CUDA events, after warm-up."""
+def cuda_median_ms(fn, warmup: int = 25, repeats: int = 100, cold_l2: bool = True) -> float:
+    """Median time of fn() in ms over `repeats` runs timed with CUDA events, after warm-up;
+    L2 is flushed before each timed run unless cold_l2 is False."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
+        if cold_l2:
+            flush_l2()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -41,13 +53,14 @@ def copy_bandwidth_gbs() -> float:
     """Device-to-device copy bandwidth, GB/s counting bytes read plus bytes written."""
     src = torch.empty(COPY_BYTES, dtype=torch.uint8, device="cuda").random_()
     dst = torch.empty_like(src)
-    ms = cuda_median_ms(lambda: dst.copy_(src), warmup=5, repeats=30)
+    ms = cuda_median_ms(lambda: dst.copy_(src), warmup=5, repeats=30, cold_l2=False)
     return 2 * COPY_BYTES / (ms * 1e-3) / 1e9
 
 
 @pytest.fixture
 def gpu_benchmark(benchmark):
-    """pytest-benchmark with a synchronize after every call, so wall time covers GPU work."""
+    """pytest-benchmark with a synchronize after every call, so wall time covers GPU work, and
+    L2 flushed (untimed) before every round."""
 
     def run(fn, *args, **kwargs):
         def synced():
@@ -55,6 +68,10 @@ def gpu_benchmark(benchmark):
             torch.cuda.synchronize()
             return out
 
-        return benchmark.pedantic(synced, warmup_rounds=10, rounds=50, iterations=1)
+        def cold():
+            flush_l2()
+            torch.cuda.synchronize()
+
+        return benchmark.pedantic(synced, setup=cold, warmup_rounds=10, rounds=50, iterations=1)
 
     return run

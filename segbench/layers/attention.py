@@ -10,7 +10,13 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      bias: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                      scale: float | None = None, kernels: str = "torch") -> torch.Tensor:
     """q, k, v: (B*nW, heads, N, d); bias: (heads, N, N); mask: (nW, N, N), window index =
-    batch index mod nW. The torch path materialises bias+mask for scaled_dot_product_attention."""
+    batch index mod nW. The torch path materialises bias+mask for scaled_dot_product_attention;
+    the triton path fuses them into one kernel (kernels.window_attention)."""
+    if kernels == "triton":
+        # Imported here so that the torch path works where triton is not installed.
+        from kernels.window_attention import window_attention as fused_window_attention
+
+        return fused_window_attention(q, k, v, bias, mask, scale)
     attn_mask = None
     if bias is not None:
         attn_mask = bias.unsqueeze(0).to(q.dtype)

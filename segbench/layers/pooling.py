@@ -1,5 +1,9 @@
 """SegNet's pooling pair: a max-pool that keeps where each maximum came from, and the unpool
-that puts each value back there (zeros elsewhere)."""
+that puts each value back there (zeros elsewhere).
+
+kernels="torch": F.max_pool2d int64 flat indices. kernels="triton": 1-byte local indices
+(argmax position inside each window) from kernels.max_pool2d_with_indices, 8x smaller to keep
+for the decoder and for backward; the two backends' indices are not interchangeable."""
 
 from __future__ import annotations
 
@@ -16,6 +20,10 @@ class MaxPoolWithIndices(nn.Module):
         self.kernel_size, self.stride, self.kernels = kernel_size, stride, kernels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kernels == "triton":
+            from kernels import max_pool2d_with_indices  # imports triton: only when asked for
+
+            return max_pool2d_with_indices(x, self.kernel_size, self.stride)
         return F.max_pool2d(x, self.kernel_size, self.stride, return_indices=True)
 
 
@@ -25,5 +33,10 @@ class MaxUnpool(nn.Module):
         self.kernel_size, self.stride, self.kernels = kernel_size, stride, kernels
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size) -> torch.Tensor:
+        if self.kernels == "triton":
+            from kernels import max_unpool2d_compact
+
+            return max_unpool2d_compact(x, indices, self.kernel_size, self.stride,
+                                        output_size=list(output_size)[-2:])
         return F.max_unpool2d(x, indices, self.kernel_size, self.stride,
                               output_size=list(output_size)[-2:])

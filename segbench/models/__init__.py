@@ -9,6 +9,10 @@ import torch
 from torch import nn
 
 from segbench.models import unet  # noqa: F401  (registers its variants)
+from segbench.models import deeplab  # noqa: F401
+from segbench.models import fcn, segnet, pspnet  # noqa: F401
+from segbench.models import swin  # noqa: F401
+from segbench.models import segformer, vit  # noqa: F401
 from segbench.models._registry import (
     ARCHITECTURES,
     ModelSpec,

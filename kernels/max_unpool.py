@@ -1,0 +1,585 @@
+"""SegNet's pooling pair as Triton kernels: max-unpooling from int64 flat indices (the meaning of
+`F.max_unpool2d`), and a max-pool that keeps 1-byte LOCAL indices (argmax position inside each
+window, row-major) with the unpool that consumes them.
+
+Every unpool is one gather pass: each output element looks at the few pooling windows that
+cover it and takes the value of the last one (row-major, as PyTorch's CPU loop) whose index
+points at it, or zero. No zero-fill, no scatter, so nothing is ever written out of bounds.
+The same kernel, summing instead of keeping the last match, is the max-pool backward.
+
+A gather only finds an index inside its own window (true of every index max_pool2d makes with
+the same kernel_size/stride/padding). To never give a wrong answer, the forward counts the
+windows it matched; if some were not matched (one host sync), out-of-range indices raise
+ValueError and in-range indices outside their window (hand-made ones) fall back to
+F.max_unpool2d. `check_indices=False` skips that sync (CUDA graphs, timing) for indices known
+to come from the matching pool; unmatched values are then dropped, never written elsewhere.
+
+FLOPs: these ops only move data. Both counters (torch.utils.flop_counter and the fvcore
+handles in kernels._common.FVCORE_HANDLES) count 0 FLOPs for them, the fvcore convention for
+max-pooling (comparisons are not multiply-adds); they are registered so tables name them.
+Op names: segbench::max_unpool2d, segbench::max_pool2d_compact, segbench::max_unpool2d_compact,
+and backward ops segbench::max_unpool2d_backward, segbench::max_pool2d_compact_backward.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.utils.flop_counter import register_flop_formula
+
+from kernels._common import (
+    FVCORE_HANDLES,
+    check_device,
+    check_float_dtype,
+    interpreting,
+    require,
+)
+
+# Coordinates are int32 inside the kernels; addresses are int64.
+MAX_ELEMENTS = 2**30
+LOCAL_INDEX_DTYPE = torch.uint8
+
+
+# ----------------------------------------------------------------------------- Triton kernels
+
+
+@triton.jit
+def _coords(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
+    """(n, c, h, w) of flat positions taken in the tensor's memory order, so stores coalesce."""
+    if CHANNELS_LAST:
+        c = offs % C
+        rest = offs // C
+        w = rest % W
+        rest = rest // W
+        h = rest % H
+        n = rest // H
+    else:
+        w = offs % W
+        rest = offs // W
+        h = rest % H
+        rest = rest // H
+        c = rest % C
+        n = rest // C
+    return n, c, h, w
+
+
+@triton.jit
+def _address(n, c, h, w, s_n, s_c, s_h, s_w):
+    return (n.to(tl.int64) * s_n + c.to(tl.int64) * s_c
+            + h.to(tl.int64) * s_h + w.to(tl.int64) * s_w)
+
+
+@triton.jit
+def _gather_from_windows_kernel(
+    src_ptr, idx_ptr, out_ptr, count_ptr,
+    total, C, OH, OW, IH, IW,
+    src_sn, src_sc, src_sh, src_sw,
+    idx_sn, idx_sc, idx_sh, idx_sw,
+    out_sn, out_sc, out_sh, out_sw,
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+    CAND_H: tl.constexpr, CAND_W: tl.constexpr, COMPACT: tl.constexpr, SUM: tl.constexpr,
+    COUNT: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """out[n, c, oh, ow] = src of the windows (IH x IW grid) whose index points at (oh, ow):
+    the last such window (unpool) or the sum over them (pool backward); 0 if none."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < total
+    n, c, oh, ow = _coords(offs, C, OH, OW, CHANNELS_LAST)
+    last_row = (oh + pad_h) // stride_h
+    last_col = (ow + pad_w) // stride_w
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    hits = tl.zeros([BLOCK], dtype=tl.int32)
+    for dh in tl.static_range(CAND_H):
+        ih = last_row - (CAND_H - 1) + dh
+        top = ih * stride_h - pad_h
+        row_ok = in_range & (ih >= 0) & (ih < IH) & (oh < top + kernel_h)
+        for dw in tl.static_range(CAND_W):
+            iw = last_col - (CAND_W - 1) + dw
+            left = iw * stride_w - pad_w
+            ok = row_ok & (iw >= 0) & (iw < IW) & (ow < left + kernel_w)
+            idx = tl.load(idx_ptr + _address(n, c, ih, iw, idx_sn, idx_sc, idx_sh, idx_sw),
+                          mask=ok, other=0)
+            if COMPACT:
+                local = idx.to(tl.int32)
+                hit = ok & (top + local // kernel_w == oh) & (left + local % kernel_w == ow)
+            else:
+                hit = ok & (idx == oh * OW + ow)
+            val = tl.load(src_ptr + _address(n, c, ih, iw, src_sn, src_sc, src_sh, src_sw),
+                          mask=hit, other=0.0).to(tl.float32)
+            if SUM:
+                acc += val
+            else:
+                acc = tl.where(hit, val, acc)
+            hits += hit.to(tl.int32)
+    tl.store(out_ptr + _address(n, c, oh, ow, out_sn, out_sc, out_sh, out_sw),
+             acc.to(out_ptr.dtype.element_ty), mask=in_range)
+    if COUNT:
+        tl.atomic_add(count_ptr, tl.sum(hits, axis=0))
+
+
+@triton.jit
+def _gather_at_indices_kernel(
+    src_ptr, idx_ptr, out_ptr,
+    total, C, IH, IW, OH, OW,
+    src_sn, src_sc, src_sh, src_sw,
+    idx_sn, idx_sc, idx_sh, idx_sw,
+    out_sn, out_sc, out_sh, out_sw,
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+    COMPACT: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """out[n, c, ih, iw] = src[n, c, position its index points at] (unpool backward); an index
+    outside the OH x OW plane reads nothing and gives 0."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < total
+    n, c, ih, iw = _coords(offs, C, IH, IW, CHANNELS_LAST)
+    idx = tl.load(idx_ptr + _address(n, c, ih, iw, idx_sn, idx_sc, idx_sh, idx_sw),
+                  mask=in_range, other=0)
+    if COMPACT:
+        local = idx.to(tl.int32)
+        oh = ih * stride_h - pad_h + local // kernel_w
+        ow = iw * stride_w - pad_w + local % kernel_w
+        valid = in_range & (local < kernel_h * kernel_w)
+        valid = valid & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
+    else:
+        valid = in_range & (idx >= 0) & (idx < OH * OW)
+        flat = tl.where(valid, idx, 0).to(tl.int32)
+        oh = flat // OW
+        ow = flat % OW
+    val = tl.load(src_ptr + _address(n, c, oh, ow, src_sn, src_sc, src_sh, src_sw),
+                  mask=valid, other=0.0)
+    tl.store(out_ptr + _address(n, c, ih, iw, out_sn, out_sc, out_sh, out_sw), val,
+             mask=in_range)
+
+
+@triton.jit
+def _max_pool_kernel(
+    x_ptr, values_ptr, local_ptr,
+    total, C, H, W, PH, PW,
+    x_sn, x_sc, x_sh, x_sw,
+    out_sn, out_sc, out_sh, out_sw,
+    stride_h, stride_w, pad_h, pad_w,
+    KERNEL_H: tl.constexpr, KERNEL_W: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Max over each window and its row-major position; PyTorch's rule: a later element wins
+    if it is greater or NaN, and the first in-bounds element starts (so -inf ties keep it)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < total
+    n, c, ph, pw = _coords(offs, C, PH, PW, CHANNELS_LAST)
+    top = ph * stride_h - pad_h
+    left = pw * stride_w - pad_w
+    best = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    best_local = tl.maximum(-top, 0) * KERNEL_W + tl.maximum(-left, 0)
+    for kh in tl.static_range(KERNEL_H):
+        h = top + kh
+        row_ok = in_range & (h >= 0) & (h < H)
+        for kw in tl.static_range(KERNEL_W):
+            w = left + kw
+            ok = row_ok & (w >= 0) & (w < W)
+            v = tl.load(x_ptr + _address(n, c, h, w, x_sn, x_sc, x_sh, x_sw),
+                        mask=ok, other=float("-inf")).to(tl.float32)
+            take = ok & ((v > best) | (v != v))
+            best = tl.where(take, v, best)
+            best_local = tl.where(take, kh * KERNEL_W + kw, best_local)
+    out = _address(n, c, ph, pw, out_sn, out_sc, out_sh, out_sw)
+    tl.store(values_ptr + out, best.to(values_ptr.dtype.element_ty), mask=in_range)
+    tl.store(local_ptr + out, best_local.to(tl.uint8), mask=in_range)
+
+
+# ----------------------------------------------------------------------------- launch functions
+
+
+class Window(NamedTuple):
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+
+    @property
+    def kernel(self) -> list[int]:
+        return [self.kernel_h, self.kernel_w]
+
+    @property
+    def stride(self) -> list[int]:
+        return [self.stride_h, self.stride_w]
+
+    @property
+    def padding(self) -> list[int]:
+        return [self.pad_h, self.pad_w]
+
+
+def _block_size() -> int:
+    # The interpreter pays per program instance: few, large blocks.
+    return 4096 if interpreting() else 1024
+
+
+def _launch(kernel, total: int, *args, **constexprs) -> None:
+    if total == 0:
+        return
+    block = _block_size()
+    kernel[(triton.cdiv(total, block),)](*args, BLOCK=block, num_warps=4, **constexprs)
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """PyTorch's suggest_memory_format for a 4-D tensor."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if is_channels_last(t) else torch.contiguous_format
+
+
+def _empty(shape, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+    """Every output comes from here (tests replace it with a poisoning allocator)."""
+    return torch.empty(shape, dtype=dtype, device=like.device, memory_format=_memory_format(like))
+
+
+def _gather_from_windows(src, idx, output_hw, window: Window, compact: bool, sum_matches: bool,
+                         count: torch.Tensor | None) -> torch.Tensor:
+    n, c, ih, iw = src.shape
+    out = _empty((n, c, *output_hw), src.dtype, like=src)
+    _launch(
+        _gather_from_windows_kernel, out.numel(),
+        src, idx, out, count if count is not None else out,
+        out.numel(), c, output_hw[0], output_hw[1], ih, iw,
+        *src.stride(), *idx.stride(), *out.stride(), *window,
+        CAND_H=math.ceil(window.kernel_h / window.stride_h),
+        CAND_W=math.ceil(window.kernel_w / window.stride_w),
+        COMPACT=compact, SUM=sum_matches, COUNT=count is not None,
+        CHANNELS_LAST=is_channels_last(out),
+    )
+    return out
+
+
+def _gather_at_indices(src, idx, window: Window, compact: bool) -> torch.Tensor:
+    n, c, oh, ow = src.shape
+    out = _empty(idx.shape, src.dtype, like=src)
+    _launch(
+        _gather_at_indices_kernel, out.numel(),
+        src, idx, out, out.numel(), c, idx.shape[2], idx.shape[3], oh, ow,
+        *src.stride(), *idx.stride(), *out.stride(), *window,
+        COMPACT=compact, CHANNELS_LAST=is_channels_last(out),
+    )
+    return out
+
+
+def _max_pool(x, window: Window, pooled_hw) -> tuple[torch.Tensor, torch.Tensor]:
+    n, c, h, w = x.shape
+    values = _empty((n, c, *pooled_hw), x.dtype, like=x)
+    local = _empty((n, c, *pooled_hw), LOCAL_INDEX_DTYPE, like=x)
+    _launch(
+        _max_pool_kernel, values.numel(),
+        x, values, local, values.numel(), c, h, w, pooled_hw[0], pooled_hw[1],
+        *x.stride(), *values.stride(), *window[2:],
+        KERNEL_H=window.kernel_h, KERNEL_W=window.kernel_w, CHANNELS_LAST=is_channels_last(values),
+    )
+    return values, local
+
+
+def _unpool(values, indices, window: Window, output_hw, compact: bool,
+            check_indices: bool) -> tuple[torch.Tensor, bool]:
+    """The gathered output, and whether every window's index was found (True if unchecked)."""
+    count = torch.zeros(1, dtype=torch.int32, device=values.device) if check_indices else None
+    out = _gather_from_windows(values, indices, output_hw, window, compact, False, count)
+    return out, count is None or int(count.item()) == values.numel()
+
+
+# ----------------------------------------------------------------------------- custom ops + autograd
+
+
+@torch.library.custom_op("segbench::max_unpool2d", mutates_args=())
+def _max_unpool2d_op(values: torch.Tensor, indices: torch.Tensor, kernel_size: list[int],
+                     stride: list[int], padding: list[int], output_hw: list[int],
+                     check_indices: bool) -> torch.Tensor:
+    window = Window(*kernel_size, *stride, *padding)
+    out, all_found = _unpool(values, indices, window, output_hw, False, check_indices)
+    if all_found:
+        return out
+    plane = output_hw[0] * output_hw[1]
+    require(bool(((indices >= 0) & (indices < plane)).all()),
+            f"max_unpool2d: indices must lie in [0, {plane}) for a "
+            f"{output_hw[0]}x{output_hw[1]} output, got values from {int(indices.min())} "
+            f"to {int(indices.max())}")
+    # In range but outside their own window: not from max_pool2d; the scatter is exact for it.
+    return F.max_unpool2d(values, indices, kernel_size, stride, padding, output_hw)
+
+
+@torch.library.custom_op("segbench::max_unpool2d_compact", mutates_args=())
+def _max_unpool2d_compact_op(values: torch.Tensor, local_indices: torch.Tensor,
+                             kernel_size: list[int], stride: list[int], padding: list[int],
+                             output_hw: list[int], check_indices: bool) -> torch.Tensor:
+    window = Window(*kernel_size, *stride, *padding)
+    out, all_found = _unpool(values, local_indices, window, output_hw, True, check_indices)
+    require(all_found,
+            f"max_unpool2d_compact: local indices must lie in [0, {window.kernel_h * window.kernel_w}) "
+            f"and point inside the {output_hw[0]}x{output_hw[1]} output")
+    return out
+
+
+@torch.library.custom_op("segbench::max_unpool2d_backward", mutates_args=())
+def _max_unpool2d_backward_op(grad_output: torch.Tensor, indices: torch.Tensor,
+                              kernel_size: list[int], stride: list[int],
+                              padding: list[int]) -> torch.Tensor:
+    compact = indices.dtype == LOCAL_INDEX_DTYPE
+    return _gather_at_indices(grad_output, indices, Window(*kernel_size, *stride, *padding), compact)
+
+
+@torch.library.custom_op("segbench::max_pool2d_compact", mutates_args=())
+def _max_pool2d_compact_op(x: torch.Tensor, kernel_size: list[int], stride: list[int],
+                           padding: list[int], ceil_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    window = Window(*kernel_size, *stride, *padding)
+    return _max_pool(x, window, pooled_hw(x.shape[-2:], window, ceil_mode))
+
+
+@torch.library.custom_op("segbench::max_pool2d_compact_backward", mutates_args=())
+def _max_pool2d_compact_backward_op(grad_values: torch.Tensor, local_indices: torch.Tensor,
+                                    input_hw: list[int], kernel_size: list[int], stride: list[int],
+                                    padding: list[int]) -> torch.Tensor:
+    window = Window(*kernel_size, *stride, *padding)
+    return _gather_from_windows(grad_values, local_indices, input_hw, window, True, True, None)
+
+
+@_max_unpool2d_op.register_fake
+@_max_unpool2d_compact_op.register_fake
+def _unpool_fake(values, indices, kernel_size, stride, padding, output_hw, check_indices):
+    return torch.empty((*values.shape[:2], *output_hw), dtype=values.dtype, device=values.device,
+                       memory_format=_memory_format(values))
+
+
+@_max_unpool2d_backward_op.register_fake
+def _unpool_backward_fake(grad_output, indices, kernel_size, stride, padding):
+    return torch.empty(indices.shape, dtype=grad_output.dtype, device=grad_output.device,
+                       memory_format=_memory_format(grad_output))
+
+
+@_max_pool2d_compact_op.register_fake
+def _pool_fake(x, kernel_size, stride, padding, ceil_mode):
+    shape = (*x.shape[:2], *pooled_hw(x.shape[-2:], Window(*kernel_size, *stride, *padding),
+                                      ceil_mode))
+    fmt = _memory_format(x)
+    return (torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt),
+            torch.empty(shape, dtype=LOCAL_INDEX_DTYPE, device=x.device, memory_format=fmt))
+
+
+@_max_pool2d_compact_backward_op.register_fake
+def _pool_backward_fake(grad_values, local_indices, input_hw, kernel_size, stride, padding):
+    return torch.empty((*grad_values.shape[:2], *input_hw), dtype=grad_values.dtype,
+                       device=grad_values.device, memory_format=_memory_format(grad_values))
+
+
+def _unpool_setup_context(ctx, inputs, output):
+    _, indices, kernel_size, stride, padding, _, _ = inputs
+    ctx.save_for_backward(indices)
+    ctx.window = (kernel_size, stride, padding)
+
+
+def _unpool_backward(ctx, grad_output):
+    (indices,) = ctx.saved_tensors
+    grad = torch.ops.segbench.max_unpool2d_backward(grad_output, indices, *ctx.window)
+    return grad, None, None, None, None, None, None
+
+
+def _pool_setup_context(ctx, inputs, output):
+    x, kernel_size, stride, padding, _ = inputs
+    ctx.save_for_backward(output[1])  # 1-byte local indices: all the backward needs
+    ctx.input_hw = list(x.shape[-2:])
+    ctx.window = (kernel_size, stride, padding)
+
+
+def _pool_backward(ctx, grad_values, _grad_local_indices):
+    (local_indices,) = ctx.saved_tensors
+    grad = torch.ops.segbench.max_pool2d_compact_backward(grad_values, local_indices,
+                                                          ctx.input_hw, *ctx.window)
+    return grad, None, None, None, None
+
+
+_max_unpool2d_op.register_autograd(_unpool_backward, setup_context=_unpool_setup_context)
+_max_unpool2d_compact_op.register_autograd(_unpool_backward, setup_context=_unpool_setup_context)
+_max_pool2d_compact_op.register_autograd(_pool_backward, setup_context=_pool_setup_context)
+
+
+@register_flop_formula([
+    torch.ops.segbench.max_unpool2d, torch.ops.segbench.max_unpool2d_compact,
+    torch.ops.segbench.max_unpool2d_backward, torch.ops.segbench.max_pool2d_compact,
+    torch.ops.segbench.max_pool2d_compact_backward,
+])
+def _data_movement_flops(*args, out_shape=None, **kwargs) -> int:
+    return 0
+
+
+def _fvcore_data_movement(inputs, outputs) -> int:
+    return 0
+
+
+for _name in ("segbench::max_unpool2d", "segbench::max_unpool2d_compact",
+              "segbench::max_pool2d_compact"):
+    FVCORE_HANDLES[_name] = _fvcore_data_movement
+
+
+# ----------------------------------------------------------------------------- public functions
+
+
+def _pair(name: str, value) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    require(len(pair) == 2 and all(isinstance(v, int) for v in pair),
+            f"{name} must be an int or a pair of ints, got {value!r}")
+    return pair
+
+
+def make_window(kernel_size, stride=None, padding=0) -> Window:
+    kernel = _pair("kernel_size", kernel_size)
+    strides = kernel if stride is None else _pair("stride", stride)
+    pads = _pair("padding", padding)
+    require(min(kernel) > 0 and min(strides) > 0,
+            f"kernel_size and stride must be positive, got {kernel} and {strides}")
+    require(min(pads) >= 0, f"padding must be non-negative, got {pads}")
+    return Window(*kernel, *strides, *pads)
+
+
+def pooled_hw(input_hw, window: Window, ceil_mode: bool) -> list[int]:
+    """max_pool2d's output size (PyTorch's rule, dilation 1)."""
+    sizes = []
+    for size, k, s, p in zip(input_hw, window.kernel, window.stride, window.padding, strict=True):
+        out = (size + 2 * p - k + (s - 1 if ceil_mode else 0)) // s + 1
+        if ceil_mode and (out - 1) * s >= size + p:
+            out -= 1  # the last window must start inside the input or its left padding
+        sizes.append(out)
+    return sizes
+
+
+def _as_batched(t: torch.Tensor, name: str) -> torch.Tensor:
+    require(t.dim() in (3, 4), f"{name} must be (N, C, H, W) or (C, H, W), got shape {tuple(t.shape)}")
+    require(t.numel() < MAX_ELEMENTS, f"{name} has {t.numel()} elements; at most {MAX_ELEMENTS}")
+    return t if t.dim() == 4 else t.unsqueeze(0)
+
+
+def _check_unpool_inputs(values, indices, index_dtype: torch.dtype) -> None:
+    check_device(values, indices)
+    check_float_dtype("input", values)
+    require(indices.dtype == index_dtype, f"indices must be {index_dtype}, got {indices.dtype}")
+    require(indices.shape == values.shape,
+            f"indices shape {tuple(indices.shape)} must equal input shape {tuple(values.shape)}")
+
+
+def _unpool_output_hw(values, window: Window, output_size) -> list[int]:
+    """F.max_unpool2d's output size rule, on plain ints (torch.jit.trace hands sizes as
+    tensors, which PyTorch's own helper then rejects)."""
+    input_hw = [int(size) for size in values.shape[-2:]]
+    default = [(size - 1) * s - 2 * p + k for size, k, s, p in
+               zip(input_hw, window.kernel, window.stride, window.padding, strict=True)]
+    if output_size is None:
+        output_hw = default
+    else:
+        require(len(output_size) in (2, 4),
+                f"output_size must have 2 or 4 elements, got {len(output_size)}")
+        output_hw = [int(size) for size in output_size][-2:]
+        for dim, (size, d, s) in enumerate(zip(output_hw, default, window.stride, strict=True)):
+            require(d - s < size < d + s,
+                    f'invalid output_size "{output_hw}" (dim {dim} must be between '
+                    f"{d - s} and {d + s})")
+    require(min(output_hw) >= 0, f"output size must be non-negative, got {output_hw}")
+    require(math.prod(values.shape[:-2]) * math.prod(output_hw) < MAX_ELEMENTS,
+            f"output of {output_hw} per plane is too large; at most {MAX_ELEMENTS} elements")
+    return output_hw
+
+
+def _unbatch_like(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return out if like.dim() == 4 else out.squeeze(0)
+
+
+def max_unpool2d(input: torch.Tensor, indices: torch.Tensor, kernel_size, stride=None,
+                 padding=0, output_size=None, *, check_indices: bool = True) -> torch.Tensor:
+    """F.max_unpool2d with int64 flat indices, in one gather pass (see the module docstring
+    for `check_indices`)."""
+    window = make_window(kernel_size, stride, padding)
+    _check_unpool_inputs(input, indices, torch.int64)
+    output_hw = _unpool_output_hw(input, window, output_size)
+    out = torch.ops.segbench.max_unpool2d(
+        _as_batched(input, "input"), _as_batched(indices, "indices"),
+        window.kernel, window.stride, window.padding, output_hw, check_indices)
+    return _unbatch_like(out, input)
+
+
+def max_pool2d_with_indices(x: torch.Tensor, kernel_size=2, stride=None, padding=0,
+                            ceil_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """F.max_pool2d values, and uint8 local indices: kh * kernel_w + kw of each window's argmax
+    (first maximum in row-major order; NaN counts as the maximum, the last NaN wins)."""
+    window = make_window(kernel_size, stride, padding)
+    check_device(x)
+    check_float_dtype("x", x)
+    require(window.kernel_h * window.kernel_w <= 256,
+            f"local indices are one byte: kernel area must be at most 256, got {window.kernel}")
+    require(2 * window.pad_h <= window.kernel_h and 2 * window.pad_w <= window.kernel_w,
+            f"padding {window.padding} must be at most half of kernel_size {window.kernel}")
+    batched = _as_batched(x, "x")
+    require(min(pooled_hw(x.shape[-2:], window, ceil_mode)) > 0,
+            f"input {tuple(x.shape[-2:])} is smaller than the pooling window {window.kernel}")
+    values, local = torch.ops.segbench.max_pool2d_compact(
+        batched, window.kernel, window.stride, window.padding, ceil_mode)
+    return _unbatch_like(values, x), _unbatch_like(local, x)
+
+
+def max_unpool2d_compact(values: torch.Tensor, local_indices: torch.Tensor, kernel_size=2,
+                         stride=None, padding=0, output_size=None, *,
+                         check_indices: bool = True) -> torch.Tensor:
+    """The unpool of max_pool2d_with_indices: each value goes back to position local_indices
+    of its window (rows from i*stride-padding), zeros elsewhere."""
+    window = make_window(kernel_size, stride, padding)
+    _check_unpool_inputs(values, local_indices, LOCAL_INDEX_DTYPE)
+    output_hw = _unpool_output_hw(values, window, output_size)
+    out = torch.ops.segbench.max_unpool2d_compact(
+        _as_batched(values, "values"), _as_batched(local_indices, "local_indices"),
+        window.kernel, window.stride, window.padding, output_hw, check_indices)
+    return _unbatch_like(out, values)
+
+
+# ----------------------------------------------------------------------------- PyTorch references
+
+
+def max_unpool2d_reference(input, indices, kernel_size, stride=None, padding=0, output_size=None):
+    return F.max_unpool2d(input, indices, kernel_size, stride, padding, output_size)
+
+
+def _window_origins(grid_hw, window: Window, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top row (column vector) and left column (row vector) of each window in the grid."""
+    top = torch.arange(grid_hw[0], device=device) * window.stride_h - window.pad_h
+    left = torch.arange(grid_hw[1], device=device) * window.stride_w - window.pad_w
+    return top[:, None], left[None, :]
+
+
+def local_to_flat_indices(local_indices, window: Window, output_hw) -> torch.Tensor:
+    """int64 indices for F.max_unpool2d from local ones; ValueError for any pointing outside
+    its window or the output."""
+    top, left = _window_origins(local_indices.shape[-2:], window, local_indices.device)
+    local = local_indices.long()
+    rows = top + local // window.kernel_w
+    cols = left + local % window.kernel_w
+    inside = ((local < window.kernel_h * window.kernel_w) & (rows >= 0) & (rows < output_hw[0])
+              & (cols >= 0) & (cols < output_hw[1]))
+    require(bool(inside.all()), "local indices must point inside their window and the output")
+    return rows * output_hw[1] + cols
+
+
+def max_pool2d_compact_reference(x, kernel_size=2, stride=None, padding=0, ceil_mode=False):
+    window = make_window(kernel_size, stride, padding)
+    values, flat = F.max_pool2d(x, window.kernel, window.stride, window.padding,
+                                ceil_mode=ceil_mode, return_indices=True)
+    top, left = _window_origins(values.shape[-2:], window, x.device)
+    width = x.shape[-1]
+    local = (flat // width - top) * window.kernel_w + (flat % width - left)
+    return values, local.to(LOCAL_INDEX_DTYPE)
+
+
+def max_unpool2d_compact_reference(values, local_indices, kernel_size=2, stride=None, padding=0,
+                                   output_size=None):
+    window = make_window(kernel_size, stride, padding)
+    output_hw = _unpool_output_hw(values, window, output_size)
+    flat = local_to_flat_indices(local_indices, window, output_hw)
+    return F.max_unpool2d(values, flat, window.kernel, window.stride, window.padding, output_hw)

@@ -1,0 +1,140 @@
+"""Swin Transformer + UPerNet (Liu et al., ICCV 2021; head: Xiao et al., ECCV 2018).
+
+The segmentation setup of the Swin paper (its official mmseg configs): a Swin backbone with
+drop path 0.3, a UPerNet head of 512 channels and an auxiliary FCN head on stage 3 (256 channels,
+loss weight 0.4).
+- UPerNet: a pyramid pooling module on the last stage (adaptive average pools to 1, 2, 3, 6 bins,
+  1x1 conv each, up-sampled and concatenated with the stage, 3x3 conv), 1x1 lateral convs on the
+  other stages, top-down addition of the up-sampled coarser level, a 3x3 conv per level, all
+  levels up-sampled to stride 4 and concatenated, a 3x3 fusion conv, dropout 0.1, 1x1 classifier.
+- FCN auxiliary head: 3x3 conv, dropout 0.1, 1x1 classifier.
+Every conv of the heads is conv + BatchNorm + ReLU; up-sampling is bilinear, align_corners=False.
+The stride-4 logits are up-sampled to the padded input size and cropped to the input, so any
+H x W (odd sizes too) maps to itself. `forward_with_aux(x)` returns (logits, [(0.4, aux)]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segbench.layers import ConvBNAct
+from segbench.models._registry import register_model
+from segbench.models.backbones._pretrained import LoadReport
+from segbench.models.backbones.swin import SWIN_CONFIGS, SwinTransformer
+
+AUX_WEIGHT = 0.4
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class PyramidPooling(nn.ModuleList):
+    """One (adaptive average pool to b x b, 1x1 conv) branch per bin; outputs at the input size."""
+
+    def __init__(self, in_channels: int, channels: int, bins: Sequence[int] = (1, 2, 3, 6)):
+        super().__init__(nn.Sequential(nn.AdaptiveAvgPool2d(b), ConvBNAct(in_channels, channels, 1))
+                         for b in bins)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [_resize(branch(x), x.shape[-2:]) for branch in self]
+
+
+class UPerHead(nn.Module):
+    def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int,
+                 bins: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1):
+        super().__init__()
+        *lateral_in, top_in = in_channels
+        self.psp_modules = PyramidPooling(top_in, channels, bins)
+        self.bottleneck = ConvBNAct(top_in + len(bins) * channels, channels, 3)
+        self.lateral_convs = nn.ModuleList(ConvBNAct(c, channels, 1) for c in lateral_in)
+        self.fpn_convs = nn.ModuleList(ConvBNAct(channels, channels, 3) for _ in lateral_in)
+        self.fpn_bottleneck = ConvBNAct(len(in_channels) * channels, channels, 3)
+        self.dropout = nn.Dropout2d(dropout)
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        nn.init.normal_(self.conv_seg.weight, std=0.01)
+        nn.init.zeros_(self.conv_seg.bias)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        *lower, top = features
+        levels = [conv(f) for conv, f in zip(self.lateral_convs, lower, strict=True)]
+        levels.append(self.bottleneck(torch.cat([top, *self.psp_modules(top)], dim=1)))
+        for i in range(len(levels) - 1, 0, -1):
+            levels[i - 1] = levels[i - 1] + _resize(levels[i], levels[i - 1].shape[-2:])
+        outs = [conv(level) for conv, level in zip(self.fpn_convs, levels[:-1], strict=True)]
+        outs.append(levels[-1])
+        size = outs[0].shape[-2:]
+        fused = self.fpn_bottleneck(torch.cat([outs[0]] + [_resize(o, size) for o in outs[1:]], 1))
+        return self.conv_seg(self.dropout(fused))
+
+
+class FCNHead(nn.Sequential):
+    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1):
+        conv_seg = nn.Conv2d(channels, num_classes, 1)
+        nn.init.normal_(conv_seg.weight, std=0.01)
+        nn.init.zeros_(conv_seg.bias)
+        super().__init__(ConvBNAct(in_channels, channels, 3), nn.Dropout2d(dropout), conv_seg)
+
+
+class SwinUPerNet(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int = 1, size: str = "tiny",
+                 head_channels: int = 512, aux_channels: int = 256, kernels: str = "torch",
+                 **backbone_kw):
+        super().__init__()
+        self.backbone = SwinTransformer(in_channels, **SWIN_CONFIGS[size], kernels=kernels,
+                                        **backbone_kw)
+        self.decode_head = UPerHead(self.backbone.channels, head_channels, num_classes)
+        self.auxiliary_head = FCNHead(self.backbone.channels[2], aux_channels, num_classes)
+
+    def _output(self, logits: torch.Tensor, stride: int, size: Sequence[int]) -> torch.Tensor:
+        """Up-sample to the area the features cover (the padded input), crop to the input."""
+        padded = [stride * n for n in logits.shape[-2:]]
+        return _resize(logits, padded)[..., : size[0], : size[1]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._decode(x)[0]
+
+    def _decode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        features = self.backbone(x)
+        logits = self._output(self.decode_head(features), self.backbone.strides[0], x.shape[-2:])
+        return logits, features
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+        logits, features = self._decode(x)
+        aux = self._output(self.auxiliary_head(features[2]), self.backbone.strides[2], x.shape[-2:])
+        return logits, [(AUX_WEIGHT, aux)]
+
+    def load_pretrained(self, path: str | Path) -> LoadReport:
+        """ImageNet Swin weights into the backbone (see `SwinTransformer.load_pretrained`)."""
+        return self.backbone.load_pretrained(path)
+
+
+@register_model("swin", paper_input_size=512, default=True,
+                description="Swin-T + UPerNet (512 ch) + aux FCN, window 7, drop path 0.3 (paper)")
+def swin(num_classes, in_channels=1, kernels="torch", **kw):
+    return SwinUPerNet(num_classes, in_channels, size="tiny", kernels=kernels, **kw)
+
+
+@register_model("swin-s", paper_input_size=512,
+                description="Swin-S + UPerNet (512 ch) + aux FCN, window 7, drop path 0.3 (paper)")
+def swin_s(num_classes, in_channels=1, kernels="torch", **kw):
+    return SwinUPerNet(num_classes, in_channels, size="small", kernels=kernels, **kw)
+
+
+@register_model("swin-b", paper_input_size=512,
+                description="Swin-B + UPerNet (512 ch) + aux FCN, window 7, drop path 0.3 (paper)")
+def swin_b(num_classes, in_channels=1, kernels="torch", **kw):
+    return SwinUPerNet(num_classes, in_channels, size="base", kernels=kernels, **kw)
+
+
+@register_model("swin-small", paper_input_size=512, cpu=True,
+                description="Swin 32-dim, depths 2-2-2-2, heads 1-2-4-8, window 7, drop path 0.1 "
+                            "+ UPerNet (64 ch) + aux FCN (32 ch) (CPU variant)")
+def swin_small(num_classes, in_channels=1, kernels="torch", **kw):
+    kw = dict(head_channels=64, aux_channels=32, drop_path_rate=0.1) | kw
+    return SwinUPerNet(num_classes, in_channels, size="mini", kernels=kernels, **kw)

@@ -1,0 +1,115 @@
+"""Tables and plots from one or many run folders, and the model listing of `segbench list`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from segbench import results
+from segbench.config import UsageError
+from segbench.measure.flops import FLOP_CONVENTION
+
+LISTING_CLASSES, LISTING_CHANNELS = 4, 1  # the built-in brain-tissue task
+
+
+def model_listing(with_flops: bool = True) -> str:
+    import torch
+
+    from segbench.measure.flops import count_flops, count_params
+    from segbench.models import create_model, list_models, model_spec
+
+    lines = [f"Models ({LISTING_CHANNELS} input channel, {LISTING_CLASSES} classes; GFLOPs at "
+             f"the paper's input size, {FLOP_CONVENTION}):", "",
+             "| name | role | params (M) | input | GFLOPs | description |", "|---|---|---|---|---|---|"]
+    for name in list_models():
+        spec = model_spec(name)
+        role = "paper default" if spec.default else "small (cpu)" if spec.cpu else "variant"
+        model = create_model(name, LISTING_CLASSES, LISTING_CHANNELS, kernels="torch")
+        gflops = "–"
+        if with_flops:
+            size = spec.paper_input_size
+            x = torch.zeros(1, LISTING_CHANNELS, size, size)
+            gflops = f"{count_flops(model, x)['gflops']:.1f}"
+        lines.append(f"| {name} | {role} | {count_params(model) / 1e6:.2f} | "
+                     f"{spec.paper_input_size} | {gflops} | {spec.description} |")
+        del model
+    return "\n".join(lines)
+
+
+def load_runs(folders: list[Path]) -> tuple[list[dict], list[tuple[Path, dict]]]:
+    rows, manifests = [], []
+    for folder in folders:
+        manifest = results.read_manifest(folder)
+        if manifest is None or not (folder / "results.csv").is_file():
+            raise UsageError(f"{folder} is not a segbench run folder (no run.json/results.csv)")
+        manifests.append((folder, manifest))
+        rows += [{**row, "run": folder.name} for row in results.read_rows(folder)]
+    return rows, manifests
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated by another (lower latency and higher accuracy)."""
+    front = []
+    for i, (lat, acc) in enumerate(points):
+        dominated = any(l2 <= lat and a2 >= acc and (l2, a2) != (lat, acc) for l2, a2 in points)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def plot_accuracy_latency(rows: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("latency_ms") and r.get("mdice")]
+    if not ok:
+        return []
+    points = [(float(r["latency_ms"]), float(r["mdice"])) for r in ok]
+    front = set(pareto_front(points))
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    for i, (row, (lat, acc)) in enumerate(zip(ok, points, strict=True)):
+        ax.scatter(lat, acc, s=60 if i in front else 30,
+                   color="tab:red" if i in front else "tab:blue", zorder=3)
+        ax.annotate(f"{row['variant']} [{row['kernels']}]", (lat, acc), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    ordered = sorted((points[i] for i in front))
+    ax.step([p[0] for p in ordered], [p[1] for p in ordered], where="post", color="tab:red",
+            alpha=0.6, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, batch 1, median (ms, log scale)")
+    ax.set_ylabel("test mDice (foreground classes)")
+    devices = sorted({r["device"] for r in ok})
+    ax.set_title(f"Accuracy vs latency ({', '.join(devices)}; {ok[0]['dataset']}, "
+                 f"{ok[0]['image_size']} px)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    paths = [out / "accuracy_vs_latency.png", out / "accuracy_vs_latency.svg"]
+    for path in paths:
+        fig.savefig(path)
+    plt.close(fig)
+    return paths
+
+
+REPORT_COLUMNS = [("run", "run"), *results.MARKDOWN_COLUMNS, ("device", "device")]
+
+
+def write_report(folders: list[Path], out: Path | None = None) -> Path:
+    rows, manifests = load_runs(folders)
+    out = out or folders[0]
+    out.mkdir(parents=True, exist_ok=True)
+    rows.sort(key=lambda r: (r["run"], -float(r.get("mdice") or -math.inf)))
+    lines = ["# segbench report", ""]
+    for folder, manifest in manifests:
+        lines += [f"## {folder.name}", *results.method_lines(manifest), ""]
+    lines += ["## All rows (sorted by mDice within each run)", "",
+              results.markdown_table(rows, REPORT_COLUMNS), ""]
+    plots = plot_accuracy_latency(rows, out)
+    if plots:
+        lines += [f"![accuracy vs latency]({plots[0].name})",
+                  "Red points and line: the Pareto front (no other row is both faster and "
+                  "more accurate).", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return out / "report.md"
