@@ -2,6 +2,7 @@
 device's measured copy bandwidth (bytes read + written per second) to compare kernels with.
 
 Run: pytest benchmarks/ --benchmark-json=results/kernels/<date>_<gpu>.json
+Model benchmarks also run on the CPU; kernel benchmarks skip without CUDA.
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ def flush_l2() -> None:
     _flush_buffer.zero_()
 
 
+GPU_FIXTURES = {"gpu_benchmark", "copy_bandwidth_gbs"}
+
+
 def pytest_collection_modifyitems(config, items):
+    """Kernel benchmarks (those using the GPU fixtures or marked gpu) skip without CUDA."""
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="GPU benchmark: needs CUDA")
     for item in items:
-        item.add_marker(skip)
+        if GPU_FIXTURES & set(getattr(item, "fixturenames", ())) or "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 def cuda_median_ms(fn, warmup: int = 25, repeats: int = 100, cold_l2: bool = True) -> float:

@@ -46,26 +46,33 @@ LOCAL_INDEX_DTYPE = torch.uint8
 
 
 # ----------------------------------------------------------------------------- Triton kernels
+# Each program covers a [BLOCK_R, BLOCK_I] tile: rows are the outer dimensions, BLOCK_I runs
+# along the innermost one in memory (w for NCHW, c for channels_last), so loads and stores
+# coalesce and the only integer divisions are per row. Pooling geometry is constexpr, so the
+# window arithmetic compiles to shifts for the usual 2x2/2.
 
 
 @triton.jit
-def _coords(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
-    """(n, c, h, w) of flat positions taken in the tensor's memory order, so stores coalesce."""
+def _tile_coords(C, H, W, rows_total, CHANNELS_LAST: tl.constexpr,
+                 BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
+    """(n, c, h, w, mask) of this program's tile, broadcastable to [BLOCK_R, BLOCK_I]."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    inner = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)[None, :]
     if CHANNELS_LAST:
-        c = offs % C
-        rest = offs // C
-        w = rest % W
-        rest = rest // W
+        w = rows % W
+        rest = rows // W
         h = rest % H
         n = rest // H
+        c = inner
+        mask = (rows < rows_total) & (inner < C)
     else:
-        w = offs % W
-        rest = offs // W
-        h = rest % H
-        rest = rest // H
+        h = rows % H
+        rest = rows // H
         c = rest % C
         n = rest // C
-    return n, c, h, w
+        w = inner
+        mask = (rows < rows_total) & (inner < W)
+    return n, c, h, w, mask
 
 
 @triton.jit
@@ -77,36 +84,36 @@ def _address(n, c, h, w, s_n, s_c, s_h, s_w):
 @triton.jit
 def _gather_from_windows_kernel(
     src_ptr, idx_ptr, out_ptr, count_ptr,
-    total, C, OH, OW, IH, IW,
+    rows_total, C, OH, OW, IH, IW,
     src_sn, src_sc, src_sh, src_sw,
     idx_sn, idx_sc, idx_sh, idx_sw,
     out_sn, out_sc, out_sh, out_sw,
-    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+    KERNEL_H: tl.constexpr, KERNEL_W: tl.constexpr, STRIDE_H: tl.constexpr,
+    STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
     CAND_H: tl.constexpr, CAND_W: tl.constexpr, COMPACT: tl.constexpr, SUM: tl.constexpr,
-    COUNT: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+    COUNT: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
     """out[n, c, oh, ow] = src of the windows (IH x IW grid) whose index points at (oh, ow):
     the last such window (unpool) or the sum over them (pool backward); 0 if none."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    in_range = offs < total
-    n, c, oh, ow = _coords(offs, C, OH, OW, CHANNELS_LAST)
-    last_row = (oh + pad_h) // stride_h
-    last_col = (ow + pad_w) // stride_w
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    hits = tl.zeros([BLOCK], dtype=tl.int32)
+    n, c, oh, ow, in_range = _tile_coords(C, OH, OW, rows_total, CHANNELS_LAST, BLOCK_R, BLOCK_I)
+    last_row = (oh + PAD_H) // STRIDE_H
+    last_col = (ow + PAD_W) // STRIDE_W
+    acc = tl.zeros([BLOCK_R, BLOCK_I], dtype=tl.float32)
+    hits = tl.zeros([BLOCK_R, BLOCK_I], dtype=tl.int32)
     for dh in tl.static_range(CAND_H):
         ih = last_row - (CAND_H - 1) + dh
-        top = ih * stride_h - pad_h
-        row_ok = in_range & (ih >= 0) & (ih < IH) & (oh < top + kernel_h)
+        top = ih * STRIDE_H - PAD_H
+        row_ok = (ih >= 0) & (ih < IH) & (oh < top + KERNEL_H)
         for dw in tl.static_range(CAND_W):
             iw = last_col - (CAND_W - 1) + dw
-            left = iw * stride_w - pad_w
-            ok = row_ok & (iw >= 0) & (iw < IW) & (ow < left + kernel_w)
+            left = iw * STRIDE_W - PAD_W
+            ok = in_range & row_ok & (iw >= 0) & (iw < IW) & (ow < left + KERNEL_W)
             idx = tl.load(idx_ptr + _address(n, c, ih, iw, idx_sn, idx_sc, idx_sh, idx_sw),
                           mask=ok, other=0)
             if COMPACT:
                 local = idx.to(tl.int32)
-                hit = ok & (top + local // kernel_w == oh) & (left + local % kernel_w == ow)
+                hit = ok & (top + local // KERNEL_W == oh) & (left + local % KERNEL_W == ow)
             else:
                 hit = ok & (idx == oh * OW + ow)
             val = tl.load(src_ptr + _address(n, c, ih, iw, src_sn, src_sc, src_sh, src_sw),
@@ -119,31 +126,31 @@ def _gather_from_windows_kernel(
     tl.store(out_ptr + _address(n, c, oh, ow, out_sn, out_sc, out_sh, out_sw),
              acc.to(out_ptr.dtype.element_ty), mask=in_range)
     if COUNT:
-        tl.atomic_add(count_ptr, tl.sum(hits, axis=0))
+        tl.atomic_add(count_ptr, tl.sum(tl.sum(hits, axis=1), axis=0))
 
 
 @triton.jit
 def _gather_at_indices_kernel(
     src_ptr, idx_ptr, out_ptr,
-    total, C, IH, IW, OH, OW,
+    rows_total, C, IH, IW, OH, OW,
     src_sn, src_sc, src_sh, src_sw,
     idx_sn, idx_sc, idx_sh, idx_sw,
     out_sn, out_sc, out_sh, out_sw,
-    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-    COMPACT: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+    KERNEL_H: tl.constexpr, KERNEL_W: tl.constexpr, STRIDE_H: tl.constexpr,
+    STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+    COMPACT: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
     """out[n, c, ih, iw] = src[n, c, position its index points at] (unpool backward); an index
     outside the OH x OW plane reads nothing and gives 0."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    in_range = offs < total
-    n, c, ih, iw = _coords(offs, C, IH, IW, CHANNELS_LAST)
+    n, c, ih, iw, in_range = _tile_coords(C, IH, IW, rows_total, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     idx = tl.load(idx_ptr + _address(n, c, ih, iw, idx_sn, idx_sc, idx_sh, idx_sw),
                   mask=in_range, other=0)
     if COMPACT:
         local = idx.to(tl.int32)
-        oh = ih * stride_h - pad_h + local // kernel_w
-        ow = iw * stride_w - pad_w + local % kernel_w
-        valid = in_range & (local < kernel_h * kernel_w)
+        oh = ih * STRIDE_H - PAD_H + local // KERNEL_W
+        ow = iw * STRIDE_W - PAD_W + local % KERNEL_W
+        valid = in_range & (local < KERNEL_H * KERNEL_W)
         valid = valid & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
     else:
         valid = in_range & (idx >= 0) & (idx < OH * OW)
@@ -159,28 +166,26 @@ def _gather_at_indices_kernel(
 @triton.jit
 def _max_pool_kernel(
     x_ptr, values_ptr, local_ptr,
-    total, C, H, W, PH, PW,
+    rows_total, C, H, W, PH, PW,
     x_sn, x_sc, x_sh, x_sw,
     out_sn, out_sc, out_sh, out_sw,
-    stride_h, stride_w, pad_h, pad_w,
-    KERNEL_H: tl.constexpr, KERNEL_W: tl.constexpr,
-    CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+    KERNEL_H: tl.constexpr, KERNEL_W: tl.constexpr, STRIDE_H: tl.constexpr,
+    STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
     """Max over each window and its row-major position; PyTorch's rule: a later element wins
     if it is greater or NaN, and the first in-bounds element starts (so -inf ties keep it)."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    in_range = offs < total
-    n, c, ph, pw = _coords(offs, C, PH, PW, CHANNELS_LAST)
-    top = ph * stride_h - pad_h
-    left = pw * stride_w - pad_w
-    best = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    n, c, ph, pw, in_range = _tile_coords(C, PH, PW, rows_total, CHANNELS_LAST, BLOCK_R, BLOCK_I)
+    top = ph * STRIDE_H - PAD_H
+    left = pw * STRIDE_W - PAD_W
+    best = tl.full([BLOCK_R, BLOCK_I], float("-inf"), dtype=tl.float32)
     best_local = tl.maximum(-top, 0) * KERNEL_W + tl.maximum(-left, 0)
     for kh in tl.static_range(KERNEL_H):
         h = top + kh
-        row_ok = in_range & (h >= 0) & (h < H)
+        row_ok = (h >= 0) & (h < H)
         for kw in tl.static_range(KERNEL_W):
             w = left + kw
-            ok = row_ok & (w >= 0) & (w < W)
+            ok = in_range & row_ok & (w >= 0) & (w < W)
             v = tl.load(x_ptr + _address(n, c, h, w, x_sn, x_sc, x_sh, x_sw),
                         mask=ok, other=float("-inf")).to(tl.float32)
             take = ok & ((v > best) | (v != v))
@@ -214,17 +219,9 @@ class Window(NamedTuple):
     def padding(self) -> list[int]:
         return [self.pad_h, self.pad_w]
 
-
-def _block_size() -> int:
-    # The interpreter pays per program instance: few, large blocks.
-    return 4096 if interpreting() else 1024
-
-
-def _launch(kernel, total: int, *args, **constexprs) -> None:
-    if total == 0:
-        return
-    block = _block_size()
-    kernel[(triton.cdiv(total, block),)](*args, BLOCK=block, num_warps=4, **constexprs)
+    def constexprs(self) -> dict[str, int]:
+        return dict(KERNEL_H=self.kernel_h, KERNEL_W=self.kernel_w, STRIDE_H=self.stride_h,
+                    STRIDE_W=self.stride_w, PAD_H=self.pad_h, PAD_W=self.pad_w)
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
@@ -241,19 +238,33 @@ def _empty(shape, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=like.device, memory_format=_memory_format(like))
 
 
+def _launch(kernel, tiled: torch.Tensor, *args, **constexprs) -> None:
+    """One program per tile of `tiled` (the tensor whose elements the kernel enumerates)."""
+    if tiled.numel() == 0:
+        return
+    n, c, h, w = tiled.shape
+    channels_last = is_channels_last(tiled)
+    rows, inner = (n * h * w, c) if channels_last else (n * c * h, w)
+    # The interpreter pays per program instance: few, large tiles there.
+    elements = 4096 if interpreting() else 1024
+    block_i = min(triton.next_power_of_2(inner), 128)
+    block_r = max(elements // block_i, 1)
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(inner, block_i))
+    kernel[grid](rows, *args, CHANNELS_LAST=channels_last, BLOCK_R=block_r, BLOCK_I=block_i,
+                 num_warps=4, **constexprs)
+
+
 def _gather_from_windows(src, idx, output_hw, window: Window, compact: bool, sum_matches: bool,
                          count: torch.Tensor | None) -> torch.Tensor:
     n, c, ih, iw = src.shape
     out = _empty((n, c, *output_hw), src.dtype, like=src)
     _launch(
-        _gather_from_windows_kernel, out.numel(),
-        src, idx, out, count if count is not None else out,
-        out.numel(), c, output_hw[0], output_hw[1], ih, iw,
-        *src.stride(), *idx.stride(), *out.stride(), *window,
+        _gather_from_windows_kernel, out, src, idx, out, count if count is not None else out,
+        c, output_hw[0], output_hw[1], ih, iw, *src.stride(), *idx.stride(), *out.stride(),
+        **window.constexprs(),
         CAND_H=math.ceil(window.kernel_h / window.stride_h),
         CAND_W=math.ceil(window.kernel_w / window.stride_w),
         COMPACT=compact, SUM=sum_matches, COUNT=count is not None,
-        CHANNELS_LAST=is_channels_last(out),
     )
     return out
 
@@ -262,10 +273,8 @@ def _gather_at_indices(src, idx, window: Window, compact: bool) -> torch.Tensor:
     n, c, oh, ow = src.shape
     out = _empty(idx.shape, src.dtype, like=src)
     _launch(
-        _gather_at_indices_kernel, out.numel(),
-        src, idx, out, out.numel(), c, idx.shape[2], idx.shape[3], oh, ow,
-        *src.stride(), *idx.stride(), *out.stride(), *window,
-        COMPACT=compact, CHANNELS_LAST=is_channels_last(out),
+        _gather_at_indices_kernel, out, src, idx, out, c, idx.shape[2], idx.shape[3], oh, ow,
+        *src.stride(), *idx.stride(), *out.stride(), **window.constexprs(), COMPACT=compact,
     )
     return out
 
@@ -275,10 +284,8 @@ def _max_pool(x, window: Window, pooled_hw) -> tuple[torch.Tensor, torch.Tensor]
     values = _empty((n, c, *pooled_hw), x.dtype, like=x)
     local = _empty((n, c, *pooled_hw), LOCAL_INDEX_DTYPE, like=x)
     _launch(
-        _max_pool_kernel, values.numel(),
-        x, values, local, values.numel(), c, h, w, pooled_hw[0], pooled_hw[1],
-        *x.stride(), *values.stride(), *window[2:],
-        KERNEL_H=window.kernel_h, KERNEL_W=window.kernel_w, CHANNELS_LAST=is_channels_last(values),
+        _max_pool_kernel, values, x, values, local, c, h, w, pooled_hw[0], pooled_hw[1],
+        *x.stride(), *values.stride(), **window.constexprs(),
     )
     return values, local
 
@@ -291,7 +298,7 @@ def _unpool(values, indices, window: Window, output_hw, compact: bool,
     return out, count is None or int(count.item()) == values.numel()
 
 
-# ----------------------------------------------------------------------------- custom ops + autograd
+# ----------------------------------------------------------------------- custom ops + autograd
 
 
 @torch.library.custom_op("segbench::max_unpool2d", mutates_args=())
@@ -318,7 +325,8 @@ def _max_unpool2d_compact_op(values: torch.Tensor, local_indices: torch.Tensor,
     window = Window(*kernel_size, *stride, *padding)
     out, all_found = _unpool(values, local_indices, window, output_hw, True, check_indices)
     require(all_found,
-            f"max_unpool2d_compact: local indices must lie in [0, {window.kernel_h * window.kernel_w}) "
+            "max_unpool2d_compact: local indices must lie in "
+            f"[0, {window.kernel_h * window.kernel_w}) "
             f"and point inside the {output_hw[0]}x{output_hw[1]} output")
     return out
 
@@ -328,12 +336,15 @@ def _max_unpool2d_backward_op(grad_output: torch.Tensor, indices: torch.Tensor,
                               kernel_size: list[int], stride: list[int],
                               padding: list[int]) -> torch.Tensor:
     compact = indices.dtype == LOCAL_INDEX_DTYPE
-    return _gather_at_indices(grad_output, indices, Window(*kernel_size, *stride, *padding), compact)
+    window = Window(*kernel_size, *stride, *padding)
+    return _gather_at_indices(grad_output, indices, window, compact)
 
 
 @torch.library.custom_op("segbench::max_pool2d_compact", mutates_args=())
-def _max_pool2d_compact_op(x: torch.Tensor, kernel_size: list[int], stride: list[int],
-                           padding: list[int], ceil_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _max_pool2d_compact_op(
+    x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+    ceil_mode: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     window = Window(*kernel_size, *stride, *padding)
     return _max_pool(x, window, pooled_hw(x.shape[-2:], window, ceil_mode))
 
@@ -455,7 +466,8 @@ def pooled_hw(input_hw, window: Window, ceil_mode: bool) -> list[int]:
 
 
 def _as_batched(t: torch.Tensor, name: str) -> torch.Tensor:
-    require(t.dim() in (3, 4), f"{name} must be (N, C, H, W) or (C, H, W), got shape {tuple(t.shape)}")
+    require(t.dim() in (3, 4),
+            f"{name} must be (N, C, H, W) or (C, H, W), got shape {tuple(t.shape)}")
     require(t.numel() < MAX_ELEMENTS, f"{name} has {t.numel()} elements; at most {MAX_ELEMENTS}")
     return t if t.dim() == 4 else t.unsqueeze(0)
 

@@ -17,7 +17,7 @@ from types import ModuleType
 
 import torch
 
-from segbench.data import brain_tissue, phantom
+from segbench.data import brain_atlas, brain_tissue, folder, nnunet, phantom
 from segbench.data.base import DataError, PreparedDataset, Split
 
 __all__ = ["DATASETS", "DataError", "PreparedDataset", "Split", "default_cache_dir", "load_dataset"]
@@ -26,7 +26,10 @@ __all__ = ["DATASETS", "DataError", "PreparedDataset", "Split", "default_cache_d
 # loader's preparation by editing CACHE_VERSION when its output changes.
 DATASETS: dict[str, ModuleType] = {
     "brain-tissue": brain_tissue,
+    "brain-atlas": brain_atlas,
     "phantom": phantom,
+    "folder": folder,
+    "nnunet": nnunet,
 }
 CACHE_VERSION = 1
 UNCACHED = {"phantom"}  # cheaper to draw than to read back

@@ -121,6 +121,8 @@ def assign_splits(found: dict[str, list[Pair]], rng: np.random.Generator,
                   root: Path) -> tuple[dict[str, list[Pair]], str]:
     """Pairs per train/val/test, and the rule that made the split (for the facts)."""
     if "all" in found:
+        if len(found["all"]) < 3:
+            raise fail(root, f"{len(found['all'])} image/mask pairs; train/val/test needs 3 or more")
         pool, test = _draw(found["all"], FRACTIONS["test"], rng, root)
         train, val = _draw(pool, FRACTIONS["val"] / (1 - FRACTIONS["test"]), rng, root)
         return {"train": train, "val": val, "test": test}, "seeded 70/10/20 split of all pairs"

@@ -28,7 +28,8 @@ ZERO_MAC_OPS = {
     "aten::silu", "aten::tanh", "aten::pad", "aten::repeat", "aten::clone",
     "aten::scatter", "aten::scatter_", "aten::abs", "aten::masked_fill_", "aten::fill_",
     "aten::lift_fresh", "aten::linspace", "aten::meshgrid", "aten::rsqrt", "aten::norm",
-    "aten::feature_dropout", "aten::dropout_",
+    "aten::feature_dropout", "aten::dropout_", "aten::square", "aten::clamp_min",
+    "aten::ones_like",
 }  # fmt: skip
 
 

@@ -34,6 +34,13 @@ def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def _classifier(channels: int, num_classes: int) -> nn.Conv2d:
+    conv = nn.Conv2d(channels, num_classes, 1)
+    nn.init.normal_(conv.weight, std=0.01)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 class PyramidPooling(nn.ModuleList):
     """One (adaptive average pool to b x b, 1x1 conv) branch per bin; outputs at the input size."""
 
@@ -56,9 +63,7 @@ class UPerHead(nn.Module):
         self.fpn_convs = nn.ModuleList(ConvBNAct(channels, channels, 3) for _ in lateral_in)
         self.fpn_bottleneck = ConvBNAct(len(in_channels) * channels, channels, 3)
         self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
-        nn.init.normal_(self.conv_seg.weight, std=0.01)
-        nn.init.zeros_(self.conv_seg.bias)
+        self.conv_seg = _classifier(channels, num_classes)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         *lower, top = features
@@ -75,10 +80,8 @@ class UPerHead(nn.Module):
 
 class FCNHead(nn.Sequential):
     def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1):
-        conv_seg = nn.Conv2d(channels, num_classes, 1)
-        nn.init.normal_(conv_seg.weight, std=0.01)
-        nn.init.zeros_(conv_seg.bias)
-        super().__init__(ConvBNAct(in_channels, channels, 3), nn.Dropout2d(dropout), conv_seg)
+        super().__init__(ConvBNAct(in_channels, channels, 3), nn.Dropout2d(dropout),
+                         _classifier(channels, num_classes))
 
 
 class SwinUPerNet(nn.Module):
