@@ -83,8 +83,7 @@ def _address(n, c, h, w, s_n, s_c, s_h, s_w):
 
 @triton.jit
 def _gather_from_windows_kernel(
-    src_ptr, idx_ptr, out_ptr, count_ptr,
-    rows_total, C, OH, OW, IH, IW,
+    rows_total, src_ptr, idx_ptr, out_ptr, count_ptr, C, OH, OW, IH, IW,
     src_sn, src_sc, src_sh, src_sw,
     idx_sn, idx_sc, idx_sh, idx_sw,
     out_sn, out_sc, out_sh, out_sw,
@@ -131,8 +130,7 @@ def _gather_from_windows_kernel(
 
 @triton.jit
 def _gather_at_indices_kernel(
-    src_ptr, idx_ptr, out_ptr,
-    rows_total, C, IH, IW, OH, OW,
+    rows_total, src_ptr, idx_ptr, out_ptr, C, IH, IW, OH, OW,
     src_sn, src_sc, src_sh, src_sw,
     idx_sn, idx_sc, idx_sh, idx_sw,
     out_sn, out_sc, out_sh, out_sw,
@@ -165,8 +163,7 @@ def _gather_at_indices_kernel(
 
 @triton.jit
 def _max_pool_kernel(
-    x_ptr, values_ptr, local_ptr,
-    rows_total, C, H, W, PH, PW,
+    rows_total, x_ptr, values_ptr, local_ptr, C, H, W, PH, PW,
     x_sn, x_sc, x_sh, x_sw,
     out_sn, out_sc, out_sh, out_sw,
     KERNEL_H: tl.constexpr, KERNEL_W: tl.constexpr, STRIDE_H: tl.constexpr,
@@ -239,7 +236,8 @@ def _empty(shape, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
 
 
 def _launch(kernel, tiled: torch.Tensor, *args, **constexprs) -> None:
-    """One program per tile of `tiled` (the tensor whose elements the kernel enumerates)."""
+    """One program per tile of `tiled` (the tensor whose elements the kernel enumerates);
+    every kernel takes the tile row count first."""
     if tiled.numel() == 0:
         return
     n, c, h, w = tiled.shape

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from segbench import results
 from segbench.config import RunConfig, UsageError
@@ -231,6 +232,7 @@ def measure_backend(spec: ModelSpec, trained: nn.Module, backend: str, ctx: Cont
     model = with_backend(spec, trained, backend, ctx)
     image_shape = (ctx.data.in_channels, profile.image_size, profile.image_size)
     test = ctx.data.splits["test"]
+    phases = tqdm(total=5, desc=f"{spec.name} [{backend}] measure", unit="phase", leave=False)
     scores, pred = accuracy(model, test, ctx.data.num_classes, device, profile.batch_size, amp)
     measured = {
         "miou": scores["miou"], "mdice": scores["mdice"],
@@ -240,12 +242,18 @@ def measure_backend(spec: ModelSpec, trained: nn.Module, backend: str, ctx: Cont
     }
     if torch_pred is not None:
         measured["agrees_with_torch"] = float((pred == torch_pred).float().mean())
+    phases.update()
     measured.update(latency(model, image_shape, device, profile.latency_warmup,
                             profile.latency_repeats, amp))
+    phases.update()
     measured.update(throughput(model, image_shape, device, profile.throughput_batches,
                                profile.throughput_repeats, amp))
+    phases.update()
     measured["peak_mem_mb"] = inference_peak_mb(model, image_shape, device, amp)
+    phases.update()
     measured["train_peak_mem_mb"] = training_step_peak_mb(model, ctx)
+    phases.update()
+    phases.close()
     return measured, pred
 
 

@@ -111,6 +111,22 @@ def test_unpool_takes_any_layout(layout):
     assert ours.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
 
 
+@pytest.mark.parametrize("shape,layout", [
+    ((1, 3, 12, 260), torch.contiguous_format),  # 260 > 128 wide, 36 rows: a 2x3 tile grid
+    ((1, 130, 6, 10), torch.channels_last),  # 130 > 128 channels, 60 rows
+])
+def test_several_tiles_in_both_directions(shape, layout):
+    x = randn(*shape).to(memory_format=layout)
+    values, indices = F.max_pool2d(x, 2, return_indices=True)
+    ours, ref, grad, ref_grad = unpool_both(values, indices, 2, output_size=x.shape[-2:])
+    assert_same(ours, ref)
+    assert_same(grad, ref_grad)
+    pooled, local, ref_pooled, ref_local, grad, ref_grad = pool_both(x, 2)
+    assert_same(pooled, ref_pooled)
+    assert_same(local, ref_local)
+    assert_same(grad, ref_grad)
+
+
 def test_unpool_keeps_last_window_for_shared_index():
     # Hand-made: two overlapping windows name the same position with different values; the
     # CPU loop keeps the last (CUDA's scatter may keep either), backward reads it for both.

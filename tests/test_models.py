@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from segbench.measure.flops import count_flops
 from segbench.models import create_model, list_models, model_spec
 
 SMALL = [n for n in list_models() if model_spec(n).cpu]
@@ -48,6 +49,12 @@ class TestSmallModel:
         loss.backward()
         missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
         assert not missing, f"parameters without gradient: {missing[:5]}"
+
+    def test_flops_are_countable(self, name):
+        model = create_model(name, num_classes=3, in_channels=1, kernels="torch")
+        result = count_flops(model, _input(1, 1, 64, 64))
+        assert result["flops"] > 0
+        assert result["flops_uncounted_ops"] == "", result["flops_uncounted_ops"]
 
     def test_eval_is_deterministic(self, name):
         model = create_model(name, num_classes=3, in_channels=1, kernels="torch").eval()

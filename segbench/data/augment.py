@@ -156,7 +156,8 @@ class Augmenter:
 
 def _check_batch(images: torch.Tensor, masks: torch.Tensor) -> None:
     if images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be (N, C, H, W) float, got {tuple(images.shape)} {images.dtype}")
+        raise ValueError(f"images must be (N, C, H, W) float, got {tuple(images.shape)} "
+                         f"{images.dtype}")
     if masks.shape != (images.shape[0], *images.shape[2:]) or masks.dtype != torch.int64:
         raise ValueError(f"masks must be (N, H, W) int64 matching images {tuple(images.shape)}, "
                          f"got {tuple(masks.shape)} {masks.dtype}")

@@ -26,7 +26,7 @@ def _frequency_table(dataset: PreparedDataset) -> list[str]:
         row = "".join(f"{100 * frequencies[s][index]:8.2f}%" for s in SPLIT_NAMES)
         lines.append(f"  {index:>2} {name:<{width + 1}}{row}")
     for s in SPLIT_NAMES:
-        absent = [n for n, f in zip(dataset.class_names, frequencies[s]) if f == 0]
+        absent = [n for n, f in zip(dataset.class_names, frequencies[s], strict=True) if f == 0]
         if absent:
             lines.append(f"  note: never in the {s} split: {', '.join(absent)}")
     return lines

@@ -122,15 +122,19 @@ def assign_splits(found: dict[str, list[Pair]], rng: np.random.Generator,
     """Pairs per train/val/test, and the rule that made the split (for the facts)."""
     if "all" in found:
         if len(found["all"]) < 3:
-            raise fail(root, f"{len(found['all'])} image/mask pairs; train/val/test needs 3 or more")
+            raise fail(root, f"{len(found['all'])} image/mask pairs; train/val/test needs 3 "
+                             "or more")
         pool, test = _draw(found["all"], FRACTIONS["test"], rng, root)
         train, val = _draw(pool, FRACTIONS["val"] / (1 - FRACTIONS["test"]), rng, root)
         return {"train": train, "val": val, "test": test}, "seeded 70/10/20 split of all pairs"
     splits = dict(found)
     drawn = [s for s in ("test", "val") if s not in splits]
     for split in drawn:
-        splits["train"], splits[split] = _draw(splits["train"], FRACTIONS[split], rng, root / "train")
-    rule = "split sub-folders" + (f"; {' and '.join(drawn)} drawn from train (seeded)" if drawn else "")
+        splits["train"], splits[split] = _draw(splits["train"], FRACTIONS[split], rng,
+                                               root / "train")
+    rule = "split sub-folders"
+    if drawn:
+        rule += f"; {' and '.join(drawn)} drawn from train (seeded)"
     check_splits_nonempty({s: len(splits[s]) for s in SPLIT_NAMES}, root, "image/mask pairs")
     return {s: splits[s] for s in SPLIT_NAMES}, rule
 

@@ -1,4 +1,4 @@
-"""`nnunet:PATH[@axis=0|1|2][,keep=foreground|all]`: 3D volumes in nnU-Net v2 raw or Decathlon layout.
+"""`nnunet:PATH[@axis=0|1|2][,keep=foreground|all]`: 3D volumes, nnU-Net v2 raw or Decathlon.
 
 nnU-Net v2 raw: `dataset.json` with `channel_names` ({"0": "CT"}), `labels` ({"background": 0,
 "liver": 1}), `file_ending` (".nii.gz" or ".nii"), optional `numTraining`;
@@ -154,14 +154,16 @@ def _v2_cases(images_dir: Path, labels_dir: Path, ending: str, channels: int,
                            f"missing; {json_path} declares {channels} channels")
     labels = {p.name[:-len(ending)]: p for p in _files_ending(labels_dir, ending, json_path)}
     first_channel = {case_id: files[0] for case_id, files in by_case.items()}
+    pairs = pair_by_key(first_channel, labels, images_dir, labels_dir)
     return tuple(Case(case_id, tuple(by_case[case_id][c] for c in range(channels)), label)
-                 for case_id, _, label in pair_by_key(first_channel, labels, images_dir, labels_dir))
+                 for case_id, _, label in pairs)
 
 
 def _v2_layout(root: Path, json_path: Path, meta: dict) -> Layout:
     for key in ("channel_names", "labels", "file_ending"):
         if key not in meta:
-            raise fail(json_path, f"no {key!r}; nnU-Net v2 needs channel_names, labels, file_ending")
+            raise fail(json_path, f"no {key!r}; nnU-Net v2 needs channel_names, labels, "
+                                  "file_ending")
     ending = meta["file_ending"]
     if ending not in SUPPORTED_ENDINGS:
         raise fail(json_path, f"file_ending {ending!r} is not supported; segbench reads "
@@ -188,7 +190,8 @@ def _listed_file(root: Path, entry: object, key: str, json_path: Path) -> Path:
 
 def _decathlon_layout(root: Path, json_path: Path, meta: dict) -> Layout:
     if "labels" not in meta:
-        raise fail(json_path, "no 'labels'; a Decathlon dataset.json needs modality, labels, training")
+        raise fail(json_path, "no 'labels'; a Decathlon dataset.json needs modality, labels, "
+                              "training")
     if not isinstance(meta["training"], list):
         raise fail(json_path, "training must be a list of {\"image\": ..., \"label\": ...}")
     class_names = _indexed_names(meta["labels"], json_path, "labels")
@@ -257,12 +260,12 @@ def _read_channels(case: Case, channels: int, json_path: Path) -> np.ndarray:
     if len(arrays) != channels:
         raise fail(case.images[0], f"{len(arrays)} channel(s) but {json_path} declares {channels}")
     paths = case.images if len(case.images) == channels else case.images * channels
-    for path, array in zip(paths, arrays):
+    for path, array in zip(paths, arrays, strict=True):
         if array.ndim != 3:
             raise fail(path, f"shape {array.shape}; expected a 3D volume")
         check_same_shape(paths[0], arrays[0].shape, path, array.shape)
     image = np.stack(arrays).astype(np.float32)
-    for path, channel in zip(paths, image):
+    for path, channel in zip(paths, image, strict=True):
         check_finite(channel, path)
     return image
 
@@ -285,7 +288,8 @@ def split_cases(layout: Layout, rng: np.random.Generator) -> dict[str, list[Case
                                      f"at least {n_test + n_val + 1}")
     shuffled = [training[i] for i in rng.permutation(len(training))]
     test = list(layout.test) or shuffled[:n_test]
-    return {"train": shuffled[n_test + n_val:], "val": shuffled[n_test:n_test + n_val], "test": test}
+    return {"train": shuffled[n_test + n_val:], "val": shuffled[n_test:n_test + n_val],
+            "test": test}
 
 
 def normalisation_scheme(channel_name: str) -> str:
@@ -369,8 +373,8 @@ def build(arg: str | None, image_size: int, seed: int) -> PreparedDataset:
     for split in SPLIT_NAMES:
         for case in splits[split]:
             image, labels = read_case(case, layout)
-            image = np.stack([normalise(channel, scheme, ct_stats.get(c))
-                              for c, (channel, scheme) in enumerate(zip(image, schemes))])
+            image = np.stack([normalise(image[c], scheme, ct_stats.get(c))
+                              for c, scheme in enumerate(schemes)])
             case_images, case_masks = case_slices(image, labels, axis, options.keep, image_size,
                                                   len(layout.class_names))
             images[split] += case_images
@@ -398,7 +402,7 @@ def build(arg: str | None, image_size: int, seed: int) -> PreparedDataset:
             "keep": options.keep,
             "cases": {s: [case.case_id for case in splits[s]] for s in SPLIT_NAMES},
             "slices_per_split": {s: len(images[s]) for s in SPLIT_NAMES},
-            "normalisation": dict(zip(layout.channel_names, schemes)),
+            "normalisation": dict(zip(layout.channel_names, schemes, strict=True)),
             "ct_statistics": {layout.channel_names[c]: v for c, v in ct_stats.items()},
             "pixel_mm_range": [min(min(p) for p in pixel_mm), max(max(p) for p in pixel_mm)],
         },

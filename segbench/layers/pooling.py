@@ -33,10 +33,11 @@ class MaxUnpool(nn.Module):
         self.kernel_size, self.stride, self.kernels = kernel_size, stride, kernels
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size) -> torch.Tensor:
+        # plain ints: under torch.jit.trace (FLOP counting) sizes arrive as tensors
+        output_size = [int(s) for s in list(output_size)[-2:]]
         if self.kernels == "triton":
             from kernels import max_unpool2d_compact
 
             return max_unpool2d_compact(x, indices, self.kernel_size, self.stride,
-                                        output_size=list(output_size)[-2:])
-        return F.max_unpool2d(x, indices, self.kernel_size, self.stride,
-                              output_size=list(output_size)[-2:])
+                                        output_size=output_size)
+        return F.max_unpool2d(x, indices, self.kernel_size, self.stride, output_size=output_size)

@@ -49,7 +49,8 @@ def surface_distances(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray,
     return to_target, to_pred
 
 
-def image_scores(pred: np.ndarray, target: np.ndarray, tolerance_px: float) -> tuple[float, float, float]:
+def image_scores(pred: np.ndarray, target: np.ndarray,
+                 tolerance_px: float) -> tuple[float, float, float]:
     """(HD95, ASSD, NSD) in pixels for two non-empty regions."""
     to_target, to_pred = surface_distances(pred, target)
     hd95 = max(np.percentile(to_target, 95), np.percentile(to_pred, 95))
@@ -72,7 +73,7 @@ def boundary_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     foreground = range(1, num_classes)
     scores = {c: {"hd95": [], "asd": [], "nsd": []} for c in foreground}
     counts = {key: [0] * len(foreground) for key in ("both_empty", "pred_empty", "target_empty")}
-    for pred_map, target_map in zip(pred_np, target_np):
+    for pred_map, target_map in zip(pred_np, target_np, strict=True):
         for c in foreground:
             p, t = pred_map == c, target_map == c
             p_any, t_any = bool(p.any()), bool(t.any())

@@ -12,7 +12,7 @@ from collections import Counter
 
 import torch
 from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
+from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
 from torch import nn
 
 FLOP_CONVENTION = "fvcore: 1 fused multiply-add = 1 FLOP"
@@ -59,6 +59,8 @@ def count_flops(model: nn.Module, inputs: torch.Tensor) -> dict:
     try:
         analysis = FlopCountAnalysis(model, inputs)
         analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+        # 16 taps per output, as fvcore counts bilinear with 4 (ViT position embeddings)
+        analysis.set_op_handle("aten::upsample_bicubic2d", elementwise_flop_counter(0, 16))
         for name, handle in _kernel_handles().items():
             analysis.set_op_handle(name, handle)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)

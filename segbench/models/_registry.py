@@ -55,8 +55,11 @@ def register_model(
 
 
 def list_models(arch: str | None = None) -> list[str]:
-    """Every registered name (of one architecture if given), in registration order."""
-    return [n for n, s in _REGISTRY.items() if arch is None or s.arch == arch]
+    """Every registered name (of one architecture if given), in the order of ARCHITECTURES,
+    each architecture's paper default first."""
+    specs = [s for s in _REGISTRY.values() if arch is None or s.arch == arch]
+    specs.sort(key=lambda s: (ARCHITECTURES.index(s.arch), not s.default))
+    return [s.name for s in specs]
 
 
 def registered_architectures() -> list[str]:

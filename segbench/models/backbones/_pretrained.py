@@ -1,19 +1,27 @@
-"""Load a torchvision-layout state_dict from a local file into a backbone (nothing is downloaded).
+"""Load a state_dict from a local file into a backbone (nothing is downloaded).
 
-`load_backbone_state(module, path, prefix_map)` renames the file's keys (longest matching prefix
-wins; with a map, keys no prefix matches are unexpected), copies every tensor whose shape fits,
-and returns (and prints, as one line) a `LoadReport`. Two shape changes are made, not refused:
+Two steps, composed by `load_backbone_state(module, path, prefix_map)`:
+- `read_state_dict(path)` reads a `torch.save` file: a plain state_dict, or a checkpoint that
+  wraps it under "model" and/or "state_dict" (the official Swin / mmseg layouts);
+- `load_state(module, state, prefix_map)` renames the keys (longest matching prefix wins; with a
+  map, keys no prefix matches are unexpected), copies every tensor whose shape fits, and returns
+  (and prints, as one line) a `LoadReport`.
+A family's own key conversions (mmseg's `backbone.` via `strip_prefixes`, Hugging Face -> official
+names, position-embedding resizing) are applied to the state dict in between. Two shape changes
+are made by `load_state`, not refused (`adapt_tensor`):
 - input channels: a conv weight trained on RGB (in-channel dim 3) loaded into a conv with C != 3
   input channels gets the sum of its three RGB filters divided by C in every channel, so an image
   whose C channels are equal gives the response the RGB net gave to that grey image;
 - fully connected as convolution: a 2-D Linear weight loaded into a 4-D conv weight with the same
   number of elements is reshaped (FCN's fc6 (4096, 25088) -> (4096, 512, 7, 7); torchvision
   flattens (C, H, W) in that order).
-Any other shape difference is reported as a mismatch and that tensor is left as initialised.
+A family may add its own (`fit=`, e.g. Swin's relative position bias tables); any other shape
+difference is reported as a mismatch and that tensor is left as initialised.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +35,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)  # module keys the file did not provide
     unexpected: list[str] = field(default_factory=list)  # file keys the module has no place for
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, file, module
-    adapted: list[str] = field(default_factory=list)  # loaded after an input-channel/fc reshape
+    adapted: list[str] = field(default_factory=list)  # loaded after a reshape (see fit)
 
     def __str__(self) -> str:
         parts = [f"{len(self.matched)} matched ({len(self.adapted)} adapted)",
@@ -37,6 +45,35 @@ class LoadReport:
                  ("mismatched", [k for k, _, _ in self.mismatched])]
         details = [f"{kind} e.g. {keys[:3]}" for kind, keys in first if keys]
         return "pretrained: " + ", ".join(parts) + ("; " + "; ".join(details) if details else "")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The name -> tensor dict of a local `torch.save` file, unwrapped from "model" and/or
+    "state_dict" if the file is a checkpoint that holds it there."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights file not found: {path} (expected a local "
+                                "torch.save(state_dict) file; nothing is downloaded)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state_dict (a dict of name -> tensor, "
+                         "possibly under 'model' or 'state_dict')")
+    return state
+
+
+def strip_prefixes(state: dict[str, torch.Tensor], prefixes: Sequence[str]) -> dict:
+    """Drop wrapper prefixes (`module.`, `backbone.`) so a backbone's keys start at its root;
+    the prefixes are tried in the order given, each at most once per key."""
+    out = {}
+    for key, tensor in state.items():
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = tensor
+    return out
 
 
 def _rename(key: str, prefix_map: dict[str, str] | None) -> str | None:
@@ -49,7 +86,7 @@ def _rename(key: str, prefix_map: dict[str, str] | None) -> str | None:
     return prefix_map[prefix] + key[len(prefix):]
 
 
-def _adapt(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+def adapt_tensor(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     """The source reshaped to the target's shape by one of the two stated rules, else None."""
     if source.dim() == 2 and target.dim() == 4 and source.numel() == target.numel():
         return source.reshape(target.shape)
@@ -60,31 +97,30 @@ def _adapt(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file not found: {path} (expected a local "
-                                "torch.save(state_dict) file; nothing is downloaded)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state_dict (a dict of name -> tensor)")
-    return state
+def load_state(module: nn.Module, state: dict[str, torch.Tensor],
+               prefix_map: dict[str, str] | None = None, *,
+               fit: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+               derived: tuple[str, ...] = (), verbose: bool = True) -> LoadReport:
+    """Copy `state`'s tensors into `module` (see the module docstring for the rules).
 
-
-def load_backbone_state(module: nn.Module, path: str | Path,
-                        prefix_map: dict[str, str] | None = None,
-                        verbose: bool = True) -> LoadReport:
-    """Copy the file's tensors into `module` (see the module docstring for the rules)."""
+    fit(key, source, target): a family's own reshape for a module key whose shape differs, tried
+    before `adapt_tensor`; it returns None to leave the tensor to the generic rules.
+    derived: key suffixes of buffers the module computes itself; such keys, in the file or in
+    the module, are neither loaded nor reported."""
     own = module.state_dict()
     report, loaded = LoadReport(), {}
-    for key, tensor in _read_state_dict(path).items():
+    for key, tensor in state.items():
+        if derived and key.endswith(derived):
+            continue
         name = _rename(key, prefix_map)
         if name is None or name not in own:
             report.unexpected.append(key)
             continue
         target = own[name]
         if tensor.shape != target.shape:
-            adapted = _adapt(tensor, target)
+            adapted = fit(name, tensor, target) if fit is not None else None
+            if adapted is None:
+                adapted = adapt_tensor(tensor, target)
             if adapted is None:
                 report.mismatched.append((name, tuple(tensor.shape), tuple(target.shape)))
                 continue
@@ -92,9 +128,17 @@ def load_backbone_state(module: nn.Module, path: str | Path,
             report.adapted.append(name)
         loaded[name] = tensor
         report.matched.append(name)
-    report.missing = [k for k in own if k not in loaded
-                      and k not in {m for m, _, _ in report.mismatched}]
+    mismatched = {m for m, _, _ in report.mismatched}
+    report.missing = [k for k in own if k not in loaded and k not in mismatched
+                      and not (derived and k.endswith(derived))]
     module.load_state_dict(loaded, strict=False)
     if verbose:
         print(report)
     return report
+
+
+def load_backbone_state(module: nn.Module, path: str | Path,
+                        prefix_map: dict[str, str] | None = None,
+                        verbose: bool = True) -> LoadReport:
+    """`load_state(module, read_state_dict(path), prefix_map)`: a local file into `module`."""
+    return load_state(module, read_state_dict(path), prefix_map, verbose=verbose)

@@ -26,22 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segbench.models.backbones._pretrained import LoadReport, _read_state_dict
-from segbench.models.backbones.vit import load_converted_state, strip_prefixes
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: in training, zero a sample's residual branch with probability p."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
+from segbench.layers import DropPath
+from segbench.models.backbones._pretrained import (
+    LoadReport,
+    load_state,
+    read_state_dict,
+    strip_prefixes,
+)
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -151,13 +142,10 @@ class MixVisionTransformer(nn.Module):
     def load_pretrained(self, path: str | Path, verbose: bool = True) -> LoadReport:
         """Load an official (`mit_b*.pth`, or mmseg-style `backbone.`-prefixed) or a Hugging Face
         (`segformer.encoder.`) MiT state_dict from a local file; an RGB stem is adapted."""
-        state = _read_state_dict(path)
+        state = read_state_dict(path)
         if any(k.startswith("segformer.encoder.") for k in state):
             state = hf_to_official(state)
-        report = load_converted_state(self, strip_prefixes(state, ("module.", "backbone.")))
-        if verbose:
-            print(report)
-        return report
+        return load_state(self, strip_prefixes(state, ("module.", "backbone.")), verbose=verbose)
 
 
 _HF_RENAMES = [  # (Hugging Face pattern, official replacement), applied in order

@@ -30,8 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segbench.layers import window_attention
-from segbench.models.backbones._pretrained import LoadReport, _adapt
+from segbench.layers import DropPath, window_attention
+from segbench.models.backbones._pretrained import (
+    LoadReport,
+    load_state,
+    read_state_dict,
+    strip_prefixes,
+)
 
 SWIN_CONFIGS = {
     "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
@@ -88,23 +93,6 @@ def shifted_window_mask(H: int, W: int, window: int, shift: int,
     labels = window_partition(labels[None, :, :, None], window).squeeze(-1)  # (nW, N)
     same = labels[:, :, None] == labels[:, None, :]
     return torch.full(same.shape, SHIFT_MASK_VALUE, device=device).masked_fill_(same, 0.0)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: zero a sample's residual branch with probability p, scale the rest."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 class Mlp(nn.Module):
@@ -262,32 +250,9 @@ class SwinTransformer(nn.Module):
         checkpoint's `backbone.*`. Relative position tables of another window size are resized
         (bicubic), RGB patch-embedding filters are adapted to `in_channels` (see `_pretrained`),
         the index/mask buffers are recomputed, the classifier (`head`, `norm`) is unexpected."""
-        state = _official_layout(_read_checkpoint(path))
-        own = self.state_dict()
-        report, loaded = LoadReport(), {}
-        for key, tensor in state.items():
-            if key.endswith(DERIVED_BUFFERS):
-                continue
-            if key not in own:
-                report.unexpected.append(key)
-                continue
-            target = own[key]
-            if tensor.shape != target.shape:
-                adapted = _fit(key, tensor, target)
-                if adapted is None:
-                    report.mismatched.append((key, tuple(tensor.shape), tuple(target.shape)))
-                    continue
-                tensor = adapted
-                report.adapted.append(key)
-            loaded[key] = tensor
-            report.matched.append(key)
-        skipped = {k for k, _, _ in report.mismatched}
-        report.missing = [k for k in own if k not in loaded and k not in skipped
-                          and not k.endswith(DERIVED_BUFFERS)]
-        self.load_state_dict(loaded, strict=False)
-        if verbose:
-            print(report)
-        return report
+        state = _official_layout(read_state_dict(path))
+        return load_state(self, state, fit=_fit_bias_table, derived=DERIVED_BUFFERS,
+                          verbose=verbose)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -302,25 +267,10 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
 
 
-def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file not found: {path} "
-                                "(expected a local Swin state_dict file; nothing is downloaded)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a Swin state_dict (a dict of name -> tensor, "
-                         "possibly under 'model' or 'state_dict')")
-    return state
-
-
 def _official_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip mmseg's `backbone.`; undo timm >= 0.9, whose stage i + 1 owns the merging that the
     official layout puts at the end of stage i (detected by a merging in the last stage)."""
-    state = {k.removeprefix("backbone."): v for k, v in state.items()}
+    state = strip_prefixes(state, ("backbone.",))
     if not any(re.match(r"layers\.3\.downsample\.", k) for k in state):
         return state
 
@@ -333,11 +283,12 @@ def _official_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {rename(k): v for k, v in state.items()}
 
 
-def _fit(key: str, tensor: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-    """A file tensor of another shape made to fit: bias tables resized, RGB filters adapted."""
+def _fit_bias_table(key: str, tensor: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """`load_state`'s `fit`: a relative position bias table of another window size, resized
+    (other tensors are left to the generic rules, e.g. RGB filters adapted)."""
     if key.endswith("relative_position_bias_table"):
         return _resize_bias_table(tensor, target.shape)
-    return _adapt(tensor, target)
+    return None
 
 
 def _resize_bias_table(table: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:

@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segbench.models.backbones._pretrained import LoadReport, _adapt, _read_state_dict
+from segbench.models.backbones._pretrained import (
+    LoadReport,
+    load_state,
+    read_state_dict,
+    strip_prefixes,
+)
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int],
@@ -41,41 +46,6 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int],
     tokens = tokens.reshape(1, side, side, -1).permute(0, 3, 1, 2)
     tokens = F.interpolate(tokens, size=tuple(grid), mode="bicubic", align_corners=False)
     return torch.cat([prefix, tokens.flatten(2).transpose(1, 2)], dim=1)
-
-
-def load_converted_state(module: nn.Module, state: dict[str, torch.Tensor]) -> LoadReport:
-    """Copy a state_dict already in `module`'s layout: same-shape tensors load, an RGB input conv
-    is adapted to the module's channels (segbench.models.backbones._pretrained's rule), any other
-    shape difference is reported and left as initialised."""
-    own, report, loaded = module.state_dict(), LoadReport(), {}
-    for key, tensor in state.items():
-        if key not in own:
-            report.unexpected.append(key)
-            continue
-        if tensor.shape != own[key].shape:
-            adapted = _adapt(tensor, own[key])
-            if adapted is None:
-                report.mismatched.append((key, tuple(tensor.shape), tuple(own[key].shape)))
-                continue
-            tensor = adapted
-            report.adapted.append(key)
-        loaded[key] = tensor
-        report.matched.append(key)
-    mismatched = {k for k, _, _ in report.mismatched}
-    report.missing = [k for k in own if k not in loaded and k not in mismatched]
-    module.load_state_dict(loaded, strict=False)
-    return report
-
-
-def strip_prefixes(state: dict[str, torch.Tensor], prefixes: Sequence[str]) -> dict:
-    """Drop wrapper prefixes (`module.`, `backbone.`) so a backbone's keys start at its root."""
-    out = {}
-    for key, tensor in state.items():
-        for prefix in prefixes:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = tensor
-    return out
 
 
 class PatchEmbed(nn.Module):
@@ -172,15 +142,12 @@ class VisionTransformer(nn.Module):
     def load_pretrained(self, path: str | Path, verbose: bool = True) -> LoadReport:
         """Load a timm (or mmseg `backbone.`-prefixed) ViT state_dict from a local file; the
         position embeddings are resized to this model's grid, an RGB patch conv is adapted."""
-        state = strip_prefixes(_read_state_dict(path), ("module.", "backbone."))
+        state = strip_prefixes(read_state_dict(path), ("module.", "backbone."))
         pos = state.get("pos_embed")
         patches = 0 if pos is None else pos.shape[1] - self.num_prefix_tokens
         if patches > 0 and math.isqrt(patches) ** 2 == patches:  # else: reported as mismatched
             state["pos_embed"] = resize_pos_embed(pos, self.grid, self.num_prefix_tokens)
-        report = load_converted_state(self, state)
-        if verbose:
-            print(report)
-        return report
+        return load_state(self, state, verbose=verbose)
 
 
 # timm's ViT sizes: SETR uses Large; Base at 224 is the ImageNet reference (86.6M, 17.6 GFLOPs).
