@@ -41,6 +41,11 @@ class Record:
     pixel_accuracy: float = math.nan
     iou_per_class: str = ""
     dice_per_class: str = ""
+    hd95_px: float = math.nan
+    asd_px: float = math.nan
+    nsd: float = math.nan  # normalised surface Dice at nsd_tolerance_px
+    hd95_mm: float = math.nan
+    asd_mm: float = math.nan
     majority_baseline_mdice: float = math.nan
     agrees_with_torch: float = math.nan  # fraction of test pixels labelled as the torch row
     latency_ms: float = math.nan
@@ -161,6 +166,7 @@ def read_manifest(folder: Path) -> dict | None:
 MARKDOWN_COLUMNS = [
     ("arch", "arch"), ("variant", "variant"), ("kernels", "kernels"), ("status", "status"),
     ("params_m", "params (M)"), ("gflops", "GFLOPs"), ("mdice", "mDice"), ("miou", "mIoU"),
+    ("hd95_px", "HD95 px"), ("nsd", "NSD"),
     ("latency_ms", "latency ms (p50)"), ("latency_p95_ms", "p95 ms"),
     ("throughput_img_s", "img/s"), ("throughput_batch", "@batch"),
     ("peak_mem_mb", "infer MB"), ("train_peak_mem_mb", "train MB"),
@@ -204,6 +210,7 @@ def method_lines(manifest: dict) -> list[str]:
         f"fits, median of {profile['throughput_repeats']} runs",
         f"- memory: {method['memory']}; training step at batch {profile['batch_size']}",
         f"- accuracy: {method['accuracy']}",
+        f"- boundary: {method['boundary']}",
     ]
 
 

@@ -20,6 +20,7 @@ from segbench import results
 from segbench.config import RunConfig, UsageError
 from segbench.data import PreparedDataset, load_dataset
 from segbench.measure.accuracy import accuracy, majority_baseline
+from segbench.measure.boundary import boundary_metrics
 from segbench.measure.device import device_facts
 from segbench.measure.flops import count_flops, count_params
 from segbench.measure.latency import latency
@@ -101,6 +102,9 @@ def preflight(specs: list[ModelSpec], data: PreparedDataset, cfg: RunConfig) -> 
         del model
 
 
+NSD_TOLERANCE_PX = 1.0
+
+
 @dataclass
 class Context:
     cfg: RunConfig
@@ -126,6 +130,10 @@ def build_manifest(cfg: RunConfig, data: PreparedDataset, device: torch.device) 
             "memory": memory_method(device),
             "accuracy": "test split; IoU/Dice per class from one confusion matrix; mIoU and "
                         "mDice average the foreground classes; weights of the best val epoch",
+            "boundary": f"per 2D test slice and foreground class: HD95, average symmetric "
+                        f"surface distance, normalised surface Dice at {NSD_TOLERANCE_PX} px; "
+                        "one region empty = image diagonal / NSD 0, both empty = skipped "
+                        "(segbench.measure.boundary)",
         },
     }
 
@@ -240,6 +248,7 @@ def measure_backend(spec: ModelSpec, trained: nn.Module, backend: str, ctx: Cont
         "iou_per_class": " ".join(map(str, scores["iou_per_class"])),
         "dice_per_class": " ".join(map(str, scores["dice_per_class"])),
     }
+    measured.update(boundary_columns(pred, test.masks, ctx.data))
     if torch_pred is not None:
         measured["agrees_with_torch"] = float((pred == torch_pred).float().mean())
     phases.update()
@@ -255,6 +264,20 @@ def measure_backend(spec: ModelSpec, trained: nn.Module, backend: str, ctx: Cont
     phases.update()
     phases.close()
     return measured, pred
+
+
+def boundary_columns(pred: torch.Tensor, target: torch.Tensor, data: PreparedDataset) -> dict:
+    scores = boundary_metrics(pred, target, data.num_classes, data.spacing_mm, NSD_TOLERANCE_PX)
+    columns = {key: scores[key] for key in ("hd95_px", "asd_px", "nsd", "nsd_tolerance_px")}
+    for key in ("hd95_px_per_class", "nsd_per_class"):
+        columns[key] = " ".join(f"{v:.4g}" for v in scores[key])
+    columns["boundary_empty_cases"] = " ".join(
+        f"{kind}={sum(scores[f'{kind}_per_class'])}"
+        for kind in ("both_empty", "pred_empty", "target_empty"))
+    for key in ("hd95_mm", "asd_mm"):
+        if scores[key] is not None:
+            columns[key] = scores[key]
+    return columns
 
 
 def training_step_peak_mb(model: nn.Module, ctx: Context) -> float:

@@ -14,11 +14,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from segbench.config import Profile
+from segbench.data.augment import AugmentConfig, Augmenter
 from segbench.data.base import PreparedDataset
 from segbench.measure.accuracy import accuracy
-
-Augment = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
-
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - mean soft Dice over the foreground classes, pooled over the batch."""
@@ -74,9 +72,12 @@ class TrainResult:
 
 
 def fit(model: nn.Module, data: PreparedDataset, profile: Profile, device: torch.device,
-        seed: int, augment: Augment | None = None, desc: str = "train") -> TrainResult:
+        seed: int, desc: str = "train") -> TrainResult:
+    """Train for the profile's epochs (augmenting train batches when the profile says so)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
+    augment = Augmenter(AugmentConfig.default() if profile.augment else AugmentConfig.off())
+    augment_generator = torch.Generator(device=device).manual_seed(seed)
     amp = device.type == "cuda"
     optimizer = make_optimizer(model, profile)
     train = data.splits["train"]
@@ -91,9 +92,8 @@ def fit(model: nn.Module, data: PreparedDataset, profile: Profile, device: torch
         losses = []
         for first in range(0, len(train), profile.batch_size):
             index = order[first:first + profile.batch_size]
-            images, masks = train.images[index], train.masks[index]
-            if augment is not None:
-                images, masks = augment(images, masks, generator)
+            images, masks = train.images[index].to(device), train.masks[index].to(device)
+            images, masks = augment(images, masks, augment_generator)
             losses.append(step(images, masks))
             schedule.step()
         val, _ = accuracy(model, data.splits["val"], data.num_classes, device,

@@ -82,7 +82,8 @@ class FCNVGG(nn.Module):
 
 
 class FCNHead(nn.Sequential):
-    """3x3 conv + BN + ReLU + dropout + 1x1 classifier (torchvision FCNHead; also PSPNet's aux)."""
+    """3x3 conv + BN + ReLU + dropout + 1x1 classifier (torchvision FCNHead; also PSPNet's head
+    and aux head, and Swin-UPerNet's aux head, which re-initialises the classifier)."""
 
     def __init__(self, in_channels: int, mid_channels: int, num_classes: int, dropout: float = 0.1):
         super().__init__(ConvBNAct(in_channels, mid_channels), nn.Dropout2d(dropout),

@@ -53,8 +53,7 @@ class PSPNet(nn.Module):
         self.backbone = ResNet(depth, in_channels, output_stride=8, base_width=base_width,
                                blocks=blocks)
         self.ppm = PyramidPooling(self.backbone.channels[3])
-        self.head = nn.Sequential(ConvBNAct(self.ppm.out_channels, head_channels),
-                                  nn.Dropout2d(dropout), nn.Conv2d(head_channels, num_classes, 1))
+        self.head = FCNHead(self.ppm.out_channels, head_channels, num_classes, dropout)
         self.aux_head = FCNHead(self.backbone.channels[2], aux_channels, num_classes, dropout)
 
     def _logits(self, feature: torch.Tensor, size) -> torch.Tensor:

@@ -26,6 +26,7 @@ from segbench.layers import ConvBNAct
 from segbench.models._registry import register_model
 from segbench.models.backbones._pretrained import LoadReport
 from segbench.models.backbones.swin import SWIN_CONFIGS, SwinTransformer
+from segbench.models.fcn import FCNHead
 
 AUX_WEIGHT = 0.4
 
@@ -34,8 +35,8 @@ def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def _classifier(channels: int, num_classes: int) -> nn.Conv2d:
-    conv = nn.Conv2d(channels, num_classes, 1)
+def _init_classifier(conv: nn.Conv2d) -> nn.Conv2d:
+    """mmseg's initialisation of a head's 1x1 classifier: weight normal (std 0.01), bias 0."""
     nn.init.normal_(conv.weight, std=0.01)
     nn.init.zeros_(conv.bias)
     return conv
@@ -63,7 +64,7 @@ class UPerHead(nn.Module):
         self.fpn_convs = nn.ModuleList(ConvBNAct(channels, channels, 3) for _ in lateral_in)
         self.fpn_bottleneck = ConvBNAct(len(in_channels) * channels, channels, 3)
         self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = _classifier(channels, num_classes)
+        self.conv_seg = _init_classifier(nn.Conv2d(channels, num_classes, 1))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         *lower, top = features
@@ -78,12 +79,6 @@ class UPerHead(nn.Module):
         return self.conv_seg(self.dropout(fused))
 
 
-class FCNHead(nn.Sequential):
-    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1):
-        super().__init__(ConvBNAct(in_channels, channels, 3), nn.Dropout2d(dropout),
-                         _classifier(channels, num_classes))
-
-
 class SwinUPerNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 1, size: str = "tiny",
                  head_channels: int = 512, aux_channels: int = 256, kernels: str = "torch",
@@ -93,6 +88,7 @@ class SwinUPerNet(nn.Module):
                                         **backbone_kw)
         self.decode_head = UPerHead(self.backbone.channels, head_channels, num_classes)
         self.auxiliary_head = FCNHead(self.backbone.channels[2], aux_channels, num_classes)
+        _init_classifier(self.auxiliary_head[-1])
 
     def _output(self, logits: torch.Tensor, stride: int, size: Sequence[int]) -> torch.Tensor:
         """Up-sample to the area the features cover (the padded input), crop to the input."""

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from segbench.models.backbones._weight_init import init_conv_bn
+
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 DILATED_STAGES = {32: (), 16: (3,), 8: (2, 3)}  # stage indices whose stride becomes dilation
 
@@ -90,15 +92,7 @@ class ResNet(nn.Module):
             channels.append(in_ch)
             strides.append(total_stride)
         self.channels, self.strides = tuple(channels), tuple(strides)
-        self._init_weights()
-
-    def _init_weights(self):
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

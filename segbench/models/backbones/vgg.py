@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from segbench.models.backbones._weight_init import init_conv_bn
+
 VGG16_DEPTHS = (2, 2, 3, 3, 3)  # 3x3 convs per block
 VGG16_WIDTHS = (64, 128, 256, 512, 512)
 VGG_POOL = (2, 2, 0)  # kernel, stride, padding
@@ -60,16 +62,7 @@ class VGG16(nn.Module):
             strides.append(stride)
         self.features = nn.Sequential(*layers)
         self.channels, self.strides = tuple(channels), tuple(strides)
-        self._init_weights()
-
-    def _init_weights(self):
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def conv_block(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Block i's convs (+BN) + ReLUs, without its pool."""

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segbench.layers import ConvBNAct, SeparableConv2d
+from segbench.models.backbones._weight_init import init_conv_bn
 
 ENTRY_STRIDES = (2, 2, 2)
 
@@ -95,15 +96,7 @@ class AlignedXception(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.channels = (entry[1], exit_widths[-1])
         self.strides = (4, output_stride)
-        self._init_weights()
-
-    def _init_weights(self):
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
