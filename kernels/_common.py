@@ -26,7 +26,8 @@ def require(condition: bool, message: str) -> None:
 def check_device(*tensors: torch.Tensor) -> None:
     """Kernels run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1."""
     devices = {t.device for t in tensors}
-    require(len(devices) == 1, f"all tensors must be on one device, got {sorted(map(str, devices))}")
+    require(len(devices) == 1,
+            f"all tensors must be on one device, got {sorted(map(str, devices))}")
     device = devices.pop()
     if device.type == "cuda":
         return

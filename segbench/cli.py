@@ -96,8 +96,9 @@ def run_config(args):
     from segbench.models import registered_architectures
 
     device = resolve_device(args.device)
-    if args.kernels == "triton" and device != "cuda":
-        raise UsageError("--kernels triton needs --device cuda (the Triton interpreter is for tests)")
+    if args.kernels in ("triton", "both") and device != "cuda":
+        raise UsageError(f"--kernels {args.kernels} needs --device cuda "
+                         "(the Triton interpreter is for tests)")
     profile = PROFILES[args.profile or ("gpu" if device == "cuda" else "cpu")]
     if args.image_size is not None:
         if not 16 <= args.image_size <= 4096:

@@ -53,5 +53,6 @@ class RunConfig:
 
     def to_json(self) -> dict:
         data = asdict(self)
-        data["out_dir"], data["cache_dir"] = str(self.out_dir), self.cache_dir and str(self.cache_dir)
+        data["out_dir"] = str(self.out_dir)
+        data["cache_dir"] = self.cache_dir and str(self.cache_dir)
         return data

@@ -20,7 +20,8 @@ def model_listing(with_flops: bool = True) -> str:
 
     lines = [f"Models ({LISTING_CHANNELS} input channel, {LISTING_CLASSES} classes; GFLOPs at "
              f"the paper's input size, {FLOP_CONVENTION}):", "",
-             "| name | role | params (M) | input | GFLOPs | description |", "|---|---|---|---|---|---|"]
+             "| name | role | params (M) | input | GFLOPs | description |",
+             "|---|---|---|---|---|---|"]
     for name in list_models():
         spec = model_spec(name)
         role = "paper default" if spec.default else "small (cpu)" if spec.cpu else "variant"
@@ -74,7 +75,7 @@ def plot_accuracy_latency(rows: list[dict], out: Path) -> list[Path]:
                    color="tab:red" if i in front else "tab:blue", zorder=3)
         ax.annotate(f"{row['variant']} [{row['kernels']}]", (lat, acc), fontsize=7,
                     xytext=(4, 3), textcoords="offset points")
-    ordered = sorted((points[i] for i in front))
+    ordered = sorted(points[i] for i in front)
     ax.step([p[0] for p in ordered], [p[1] for p in ordered], where="post", color="tab:red",
             alpha=0.6, label="Pareto front")
     ax.set_xscale("log")

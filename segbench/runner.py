@@ -79,7 +79,8 @@ def check_output_folder(folder: Path, manifest: dict) -> None:
     if old["profile"] != new["profile"]:
         differs.append("profile")
     if differs:
-        raise UsageError(f"output folder {folder} holds a run with a different {', '.join(differs)}; "
+        raise UsageError(f"output folder {folder} holds a run with a different "
+                         f"{', '.join(differs)}; "
                          "choose another --out to keep both")
 
 
@@ -88,7 +89,8 @@ def preflight(specs: list[ModelSpec], data: PreparedDataset, cfg: RunConfig) -> 
     size = cfg.profile.image_size
     device = torch.device(cfg.device)
     for spec in specs:
-        model = create_model(spec.name, data.num_classes, data.in_channels, kernels="torch").to(device)
+        model = create_model(spec.name, data.num_classes, data.in_channels, kernels="torch")
+        model = model.to(device)
         try:
             with torch.no_grad():
                 out = model.eval()(torch.zeros(1, data.in_channels, size, size, device=device))
@@ -98,7 +100,8 @@ def preflight(specs: list[ModelSpec], data: PreparedDataset, cfg: RunConfig) -> 
             raise UsageError(f"image size {size} is too small for {spec.name} "
                              f"({str(e).splitlines()[0]}); use a larger --image-size") from None
         if out.shape[-2:] != (size, size):
-            raise UsageError(f"{spec.name} returns {tuple(out.shape[-2:])} for a {size}x{size} input")
+            raise UsageError(f"{spec.name} returns {tuple(out.shape[-2:])} "
+                             f"for a {size}x{size} input")
         del model
 
 
@@ -285,7 +288,8 @@ def training_step_peak_mb(model: nn.Module, ctx: Context) -> float:
     scratch = copy.deepcopy(model)
     step = make_train_step(scratch, make_optimizer(scratch, ctx.cfg.profile), ctx.device, ctx.amp)
     train = ctx.data.splits["train"]
-    images, masks = train.images[:ctx.cfg.profile.batch_size], train.masks[:ctx.cfg.profile.batch_size]
+    batch = ctx.cfg.profile.batch_size
+    images, masks = train.images[:batch], train.masks[:batch]
     peak = training_peak_mb(lambda: step(images, masks), ctx.device)
     del scratch
     return peak

@@ -18,6 +18,7 @@ from segbench.data.augment import AugmentConfig, Augmenter
 from segbench.data.base import PreparedDataset
 from segbench.measure.accuracy import accuracy
 
+
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - mean soft Dice over the foreground classes, pooled over the batch."""
     probs = logits.float().softmax(1)
@@ -82,7 +83,8 @@ def fit(model: nn.Module, data: PreparedDataset, profile: Profile, device: torch
     optimizer = make_optimizer(model, profile)
     train = data.splits["train"]
     steps_per_epoch = -(-len(train) // profile.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, profile.epochs * steps_per_epoch)
+    total_steps = profile.epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
     step = make_train_step(model, optimizer, device, amp)
     best_state, best_mdice, best_epoch, history = None, -1.0, 0, []
     start = time.perf_counter()

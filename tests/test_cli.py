@@ -63,10 +63,10 @@ def error_line(capsys):
     (["--arch", "unet", "--image-size", "8"], "--image-size must be between 16 and 4096"),
     (["--arch", "unet", "--epochs", "0"], "--epochs must be at least 1"),
     (["--arch", ","], "--arch is empty"),
+    (["--arch", "segnet", "--kernels", "both"], "--kernels both needs --device cuda"),
 ])
 def test_bad_arguments(args, expected, capsys, tmp_path):
     argv = ["run", "--dataset", "phantom", "--profile", "smoke", "--device", "cpu", *args]
-    argv = [a for a in argv]
     if "--dataset" in args:  # the case's own dataset wins
         i = argv.index("--dataset")
         del argv[i:i + 2]

@@ -54,7 +54,8 @@ def _fingerprint(files: list[Path]) -> list:
 def _cache_path(cache_dir: Path, name: str, arg: str | None, image_size: int, seed: int) -> Path:
     files = DATASETS[name].source_files(arg)
     key = json.dumps([name, arg, image_size, seed, CACHE_VERSION, _fingerprint(files)])
-    return cache_dir / f"{name}-{image_size}px-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_dir / f"{name}-{image_size}px-seed{seed}-{digest}.pt"
 
 
 def _save(dataset: PreparedDataset, path: Path) -> None:

@@ -45,10 +45,12 @@ class PreparedDataset:
                 raise DataError(f"dataset {self.name!r}: the {name} split is empty")
             masks = self.splits[name].masks
             if int(masks.min()) < 0 or int(masks.max()) >= self.num_classes:
-                raise DataError(f"dataset {self.name!r}: {name} labels outside 0..{self.num_classes - 1}")
+                raise DataError(f"dataset {self.name!r}: {name} labels outside "
+                                f"0..{self.num_classes - 1}")
 
 
-def resize_slice(image: np.ndarray, probabilities: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def resize_slice(image: np.ndarray, probabilities: np.ndarray,
+                 size: int) -> tuple[np.ndarray, np.ndarray]:
     """Centre a (C, H, W) image and its (K, H, W) class probabilities (class 0 = background) in a
     square, resize both to size x size (bilinear), and label each pixel by its likeliest class."""
     channels, h, w = image.shape

@@ -42,7 +42,8 @@ def source_files(arg: str | None = None) -> list[Path]:
     paths = [folder / name for name in FILES.values()]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise DataError(f"dataset 'brain-tissue': nilearn lacks {missing[0]}; reinstall nilearn>=0.10")
+        raise DataError(f"dataset 'brain-tissue': nilearn lacks {missing[0]}; "
+                        "reinstall nilearn>=0.10")
     return paths
 
 

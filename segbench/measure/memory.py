@@ -2,62 +2,65 @@
 
 GPU: torch.cuda.max_memory_allocated after reset_peak_memory_stats, so the figure covers
 weights, activations, gradients and optimizer state alive during the call.
-CPU: the process's resident set sampled every 0.5 ms by a watcher thread while the call runs,
-minus the resident set just before it: the growth caused by the call (activations, saved
-tensors, gradients, workspace), weights excluded. Each call is made once untimed first, so
-lazily created state (optimizer moments, allocator pools) is already resident.
+CPU (Linux): the kernel's own high-water mark of the resident set. Before the call, freed heap
+memory goes back to the system (glibc malloc_trim) and the mark is reset to the current
+resident set (/proc/self/clear_refs); after it, VmHWM minus the resident set before is the
+growth the call caused: activations, saved tensors, gradients and workspace; weights and
+optimizer state that were already resident are excluded. Each call is made once first, so
+lazily created state is resident before measuring.
 """
 
 from __future__ import annotations
 
-import gc
-import os
-import threading
+import ctypes
+import ctypes.util
+import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 MB = 2**20
 
 
 def memory_method(device: torch.device) -> str:
     if device.type == "cuda":
         return "cuda max_memory_allocated (weights + activations + grads)"
-    return "CPU peak RSS growth during the call, 0.5 ms sampling (weights excluded)"
+    return ("CPU peak resident-set growth during the call (kernel high-water mark after "
+            "malloc_trim and a reset; weights excluded)")
 
 
 def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE_BYTES
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def _release_free_heap() -> None:
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        libc = ctypes.CDLL(libc_name)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
 
 
 def _cpu_peak_growth_mb(fn: Callable[[], object]) -> float:
-    gc.collect()
-    before = _rss_bytes()
-    peak = before
-    done = threading.Event()
-
-    def watch():
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _rss_bytes())
-            done.wait(0.0005)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    """NaN where the kernel offers no resettable high-water mark (not Linux)."""
+    _release_free_heap()
     try:
-        fn()
-    finally:
-        done.set()
-        watcher.join()
-    peak = max(peak, _rss_bytes())
-    return (peak - before) / MB
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current resident set
+        before = _status_kb("VmRSS")
+    except OSError:
+        return math.nan
+    fn()
+    return (_status_kb("VmHWM") - before) / 1024
 
 
 def _cuda_peak_mb(fn: Callable[[], object], device: torch.device) -> float:

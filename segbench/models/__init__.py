@@ -8,11 +8,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segbench.models import unet  # noqa: F401  (registers its variants)
-from segbench.models import deeplab  # noqa: F401
-from segbench.models import fcn, segnet, pspnet  # noqa: F401
-from segbench.models import swin  # noqa: F401
-from segbench.models import segformer, vit  # noqa: F401
+from segbench.models import (  # noqa: F401  # noqa: F401
+    deeplab,  # noqa: F401
+    fcn,
+    pspnet,
+    segformer,
+    segnet,
+    swin,  # noqa: F401
+    unet,  # noqa: F401  (registers its variants)
+    vit,
+)
 from segbench.models._registry import (
     ARCHITECTURES,
     ModelSpec,
@@ -30,14 +35,13 @@ __all__ = [
 ]  # fmt: skip
 
 
-def resolve_kernels(kernels: str, device: str | torch.device | None = None) -> str:
+def resolve_kernels(kernels: str) -> str:
     """`auto` means Triton on CUDA and PyTorch on CPU (the interpreter is for tests only)."""
     if kernels not in KERNEL_BACKENDS:
         raise ValueError(f"unknown kernels backend {kernels!r}; expected one of {KERNEL_BACKENDS}")
     if kernels != "auto":
         return kernels
-    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
-    return "triton" if on_cuda else "torch"
+    return "triton" if torch.cuda.is_available() else "torch"
 
 
 def create_model(
@@ -48,9 +52,11 @@ def create_model(
     pretrained: str | None = None,
     **variant_kw,
 ) -> nn.Module:
-    """Build a registered model. `model(x)` maps (N, in_channels, H, W) to (N, num_classes, H, W)."""
+    """Build a registered model: `model(x)` maps (N, in_channels, H, W) to logits
+    (N, num_classes, H, W)."""
     if num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2 (background + one class), got {num_classes}")
+        raise ValueError(f"num_classes must be at least 2 (background + one class), "
+                         f"got {num_classes}")
     if in_channels < 1:
         raise ValueError(f"in_channels must be at least 1, got {in_channels}")
     spec = model_spec(name)

@@ -21,7 +21,8 @@ from segbench.models._registry import register_model
 
 class DoubleConv(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(ConvBNAct(in_channels, out_channels), ConvBNAct(out_channels, out_channels))
+        super().__init__(ConvBNAct(in_channels, out_channels),
+                         ConvBNAct(out_channels, out_channels))
 
 
 class Up(nn.Module):
