@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from segbench.measure.timing import percentile, time_calls_ms
+
 COPY_BYTES = 1 << 30  # 1 GiB source: far larger than L2, so it measures HBM
 L2_FLUSH_BYTES = 256 << 20  # written before every timed call so no run starts with a warm L2
 _flush_buffer: torch.Tensor | None = None
@@ -38,20 +40,9 @@ def pytest_collection_modifyitems(config, items):
 def cuda_median_ms(fn, warmup: int = 25, repeats: int = 100, cold_l2: bool = True) -> float:
     """Median time of fn() in ms over `repeats` runs timed with CUDA events, after warm-up;
     L2 is flushed before each timed run unless cold_l2 is False."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        if cold_l2:
-            flush_l2()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    times = time_calls_ms(fn, torch.device("cuda"), warmup, repeats,
+                          before_each=flush_l2 if cold_l2 else None)
+    return percentile(times, 50)
 
 
 @pytest.fixture(scope="session")

@@ -58,19 +58,12 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def plot_accuracy_latency(rows: list[dict], out: Path) -> list[Path]:
-    import matplotlib
+def _plot_group(ax, rows: list[dict], title: str) -> None:
+    from matplotlib.ticker import ScalarFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("latency_ms") and r.get("mdice")]
-    if not ok:
-        return []
-    points = [(float(r["latency_ms"]), float(r["mdice"])) for r in ok]
+    points = [(float(r["latency_ms"]), float(r["mdice"])) for r in rows]
     front = set(pareto_front(points))
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    for i, (row, (lat, acc)) in enumerate(zip(ok, points, strict=True)):
+    for i, (row, (lat, acc)) in enumerate(zip(rows, points, strict=True)):
         ax.scatter(lat, acc, s=60 if i in front else 30,
                    color="tab:red" if i in front else "tab:blue", zorder=3)
         ax.annotate(f"{row['variant']} [{row['kernels']}]", (lat, acc), fontsize=7,
@@ -79,13 +72,34 @@ def plot_accuracy_latency(rows: list[dict], out: Path) -> list[Path]:
     ax.step([p[0] for p in ordered], [p[1] for p in ordered], where="post", color="tab:red",
             alpha=0.6, label="Pareto front")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("latency, batch 1, median (ms, log scale)")
     ax.set_ylabel("test mDice (foreground classes)")
-    devices = sorted({r["device"] for r in ok})
-    ax.set_title(f"Accuracy vs latency ({', '.join(devices)}; {ok[0]['dataset']}, "
-                 f"{ok[0]['image_size']} px)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+
+
+def plot_accuracy_latency(rows: list[dict], out: Path) -> list[Path]:
+    """One panel, with its own Pareto front, per (dataset, image size, device): rows measured
+    on different data or hardware are never compared on one front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("latency_ms") and r.get("mdice")]
+    groups: dict[tuple, list[dict]] = {}
+    for row in ok:
+        groups.setdefault((row["dataset"], row["image_size"], row["device"]), []).append(row)
+    if not groups:
+        return []
+    fig, axes = plt.subplots(1, len(groups), figsize=(8 * len(groups), 5.5), dpi=120,
+                             squeeze=False)
+    for ax, ((dataset, size, device), group) in zip(axes[0], sorted(groups.items()), strict=True):
+        _plot_group(ax, group, f"Accuracy vs latency: {dataset}, {size} px, {device}")
     fig.tight_layout()
     paths = [out / "accuracy_vs_latency.png", out / "accuracy_vs_latency.svg"]
     for path in paths:
@@ -94,7 +108,8 @@ def plot_accuracy_latency(rows: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-REPORT_COLUMNS = [("run", "run"), *results.MARKDOWN_COLUMNS, ("device", "device")]
+REPORT_COLUMNS = [("run", "run"), ("dataset", "dataset"), *results.MARKDOWN_COLUMNS,
+                  ("device", "device")]
 
 
 def write_report(folders: list[Path], out: Path | None = None) -> Path:

@@ -8,15 +8,18 @@ from collections.abc import Callable
 import torch
 
 
-def time_calls_ms(fn: Callable[[], object], device: torch.device, warmup: int,
-                  repeats: int) -> list[float]:
-    """Milliseconds of each of `repeats` calls of fn, after `warmup` untimed calls."""
+def time_calls_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
+                  before_each: Callable[[], object] | None = None) -> list[float]:
+    """Milliseconds of each of `repeats` calls of fn, after `warmup` untimed calls;
+    `before_each` (e.g. an L2 flush) runs untimed before every timed call."""
     for _ in range(warmup):
         fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         times = []
         for _ in range(repeats):
+            if before_each is not None:
+                before_each()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -26,6 +29,8 @@ def time_calls_ms(fn: Callable[[], object], device: torch.device, warmup: int,
         return times
     times = []
     for _ in range(repeats):
+        if before_each is not None:
+            before_each()
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
