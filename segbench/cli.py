@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listing = commands.add_parser("list", help="architectures and variants with params and GFLOPs")
+    listing.add_argument("--models", help="comma-separated names (default: every variant)")
+    listing.add_argument("--in-channels", type=int, default=1, help="default 1 (MRI)")
+    listing.add_argument("--num-classes", type=int, default=4, help="default 4 (brain-tissue)")
+    listing.add_argument("--input-size", help="H or HxW for the FLOP count (default: each "
+                         "paper's input size), e.g. 512x2048")
     listing.add_argument("--no-flops", action="store_true",
                          help="skip the FLOP count (it builds every paper-size model)")
 
@@ -140,10 +145,28 @@ def command_run(args) -> int:
     return 0
 
 
+def parse_input_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--input-size must be H or HxW in pixels, e.g. 512x2048, got {text!r}")
+    height, width = int(parts[0]), int(parts[-1])
+    if not (16 <= height <= 4096 and 16 <= width <= 4096):
+        raise UsageError(f"--input-size sides must be between 16 and 4096, got {text!r}")
+    return height, width
+
+
 def command_list(args) -> int:
     from segbench.report import model_listing
 
-    print(model_listing(with_flops=not args.no_flops))
+    if args.in_channels < 1:
+        raise UsageError(f"--in-channels must be at least 1, got {args.in_channels}")
+    if args.num_classes < 2:
+        raise UsageError(f"--num-classes must be at least 2, got {args.num_classes}")
+    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
+    print(model_listing(names, args.in_channels, args.num_classes,
+                        parse_input_size(args.input_size), with_flops=not args.no_flops))
     return 0
 
 

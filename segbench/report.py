@@ -12,27 +12,35 @@ from segbench.measure.flops import FLOP_CONVENTION
 LISTING_CLASSES, LISTING_CHANNELS = 4, 1  # the built-in brain-tissue task
 
 
-def model_listing(with_flops: bool = True) -> str:
+def model_listing(names: list[str] | None = None, in_channels: int = LISTING_CHANNELS,
+                  num_classes: int = LISTING_CLASSES, input_size: tuple[int, int] | None = None,
+                  with_flops: bool = True) -> str:
+    """Params and GFLOPs of registered models, at each paper's input size unless given."""
     import torch
 
     from segbench.measure.flops import count_flops, count_params
     from segbench.models import create_model, list_models, model_spec
 
-    lines = [f"Models ({LISTING_CHANNELS} input channel, {LISTING_CLASSES} classes; GFLOPs at "
-             f"the paper's input size, {FLOP_CONVENTION}):", "",
+    try:
+        specs = [model_spec(name) for name in (names or list_models())]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    where = "at the paper's input size" if input_size is None else "at the given input size"
+    lines = [f"Models ({in_channels} input channel(s), {num_classes} classes; GFLOPs {where}, "
+             f"{FLOP_CONVENTION}; eval forward, auxiliary heads in params only):", "",
              "| name | role | params (M) | input | GFLOPs | description |",
              "|---|---|---|---|---|---|"]
-    for name in list_models():
-        spec = model_spec(name)
+    for spec in specs:
         role = "paper default" if spec.default else "small (cpu)" if spec.cpu else "variant"
-        model = create_model(name, LISTING_CLASSES, LISTING_CHANNELS, kernels="torch")
+        model = create_model(spec.name, num_classes, in_channels, kernels="torch")
+        height, width = input_size or (spec.paper_input_size, spec.paper_input_size)
         gflops = "–"
         if with_flops:
-            size = spec.paper_input_size
-            x = torch.zeros(1, LISTING_CHANNELS, size, size)
-            gflops = f"{count_flops(model, x)['gflops']:.1f}"
-        lines.append(f"| {name} | {role} | {count_params(model) / 1e6:.2f} | "
-                     f"{spec.paper_input_size} | {gflops} | {spec.description} |")
+            x = torch.zeros(1, in_channels, height, width)
+            value = count_flops(model, x)["gflops"]
+            gflops = f"{value:.1f}" if value >= 10 else f"{value:.3g}"
+        lines.append(f"| {spec.name} | {role} | {count_params(model) / 1e6:.2f} | "
+                     f"{height}x{width} | {gflops} | {spec.description} |")
         del model
     return "\n".join(lines)
 

@@ -155,3 +155,24 @@ def test_failing_architecture_becomes_a_row(tmp_path, monkeypatch):
     assert cli.main([*SMOKE, "--arch", "unet", "--out", str(out)]) == 0
     (row,) = rows(out)
     assert row["status"] == "error" and "RuntimeError: boom" in row["reason"]
+
+
+def test_list_given_models_channels_classes_and_size(capsys):
+    assert cli.main(["list", "--models", "unet-small", "--in-channels", "3", "--num-classes", "5",
+                     "--input-size", "64x96"]) == 0
+    out = capsys.readouterr().out
+    assert "3 input channel(s), 5 classes" in out
+    (row,) = [line for line in out.splitlines() if line.startswith("| unet-small")]
+    assert "| 64x96 |" in row
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--models", "nope"], "unknown model 'nope'; valid: "),
+    (["--input-size", "5x"], "--input-size must be H or HxW"),
+    (["--input-size", "8"], "--input-size sides must be between 16 and 4096"),
+    (["--num-classes", "1"], "--num-classes must be at least 2"),
+    (["--in-channels", "0"], "--in-channels must be at least 1"),
+])
+def test_list_bad_arguments(args, expected, capsys):
+    assert cli.main(["list", "--no-flops", *args]) == 2
+    assert expected in error_line(capsys)
