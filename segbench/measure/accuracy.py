@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from segbench.data.base import Split
+from segbench.measure.context import MeasureContext, inference_fn
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -42,16 +43,12 @@ def scores_from_confusion(cm: torch.Tensor) -> dict:
     }
 
 
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int,
-            amp: bool = False) -> torch.Tensor:
-    """Label maps (N, H, W) on the CPU for a stack of images, in eval mode."""
-    model.eval()
-    labels = []
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start:start + batch_size].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            labels.append(model(batch).argmax(1).cpu())
+def predict(model: nn.Module, images: torch.Tensor, ctx: MeasureContext) -> torch.Tensor:
+    """Label maps (N, H, W) on the CPU for a stack of images, at the profile's batch size."""
+    batch, labels = ctx.profile.batch_size, []
+    for start in range(0, images.shape[0], batch):
+        logits = inference_fn(model, images[start:start + batch].to(ctx.device), ctx)()
+        labels.append(logits.argmax(1).cpu())
     return torch.cat(labels)
 
 
@@ -62,7 +59,8 @@ def majority_baseline(train: Split, test: Split, num_classes: int) -> dict:
     return scores_from_confusion(confusion_matrix(pred, test.masks, num_classes))
 
 
-def accuracy(model: nn.Module, split: Split, num_classes: int, device: torch.device,
-             batch_size: int, amp: bool = False) -> tuple[dict, torch.Tensor]:
-    pred = predict(model, split.images, device, batch_size, amp)
+def accuracy(model: nn.Module, split: Split, num_classes: int,
+             ctx: MeasureContext) -> tuple[dict, torch.Tensor]:
+    """Overlap scores of the model on a split, and its label maps."""
+    pred = predict(model, split.images, ctx)
     return scores_from_confusion(confusion_matrix(pred, split.masks, num_classes)), pred

@@ -12,15 +12,22 @@ lazily created state is resident before measuring.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from segbench.measure.context import MeasureContext, MeasureInputs, inference_fn
+from segbench.train import make_optimizer, make_train_step
+
 MB = 2**20
+# torch's CPU allocator says "DefaultCPUAllocator: can't allocate memory: you tried to ..."
+ALLOCATION_FAILURES = ("out of memory", "can't allocate memory")
 
 
 def memory_method(device: torch.device) -> str:
@@ -31,7 +38,11 @@ def memory_method(device: torch.device) -> str:
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+    """A CUDA out-of-memory, or a CPU allocation failure: MemoryError (numpy's
+    _ArrayMemoryError is one) or torch's allocator refusing."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return any(text in str(error).lower() for text in ALLOCATION_FAILURES)
 
 
 def _status_kb(field: str) -> int:
@@ -63,6 +74,15 @@ def _cpu_peak_growth_mb(fn: Callable[[], object]) -> float:
     return (_status_kb("VmHWM") - before) / 1024
 
 
+def _cuda_peak_growth_mb(fn: Callable[[], object], device: torch.device) -> float:
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / MB
+
+
 def _cuda_peak_mb(fn: Callable[[], object], device: torch.device) -> float:
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -78,19 +98,63 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     return _cpu_peak_growth_mb(fn)
 
 
-def inference_peak_mb(model: nn.Module, image_shape: tuple[int, int, int],
-                      device: torch.device, amp: bool = False) -> float:
-    model.eval()
-    x = torch.randn(1, *image_shape, device=device)
-
-    @torch.no_grad()
-    def forward():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            model(x)
-
-    return peak_memory_mb(forward, device)
+def peak_growth_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Memory one call of `fn` adds at its peak, beyond what was allocated before (one call,
+    no warm-up: for probes whose first call is the point)."""
+    if device.type == "cuda":
+        return _cuda_peak_growth_mb(fn, device)
+    return _cpu_peak_growth_mb(fn)
 
 
-def training_peak_mb(step: Callable[[], object], device: torch.device) -> float:
-    """Peak memory of `step()`, one full training step (forward, loss, backward, update)."""
-    return peak_memory_mb(step, device)
+def inference_memory(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext) -> dict:
+    """Peak memory of one inference at batch 1."""
+    x = torch.randn(1, *inputs.image_shape, device=ctx.device)
+    return {"peak_mem_mb": peak_memory_mb(inference_fn(model, x, ctx), ctx.device)}
+
+
+def training_memory(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext) -> dict:
+    """Peak memory of one full training step (forward, loss, backward, update) at the
+    profile's batch, on a copy of the model."""
+    scratch = copy.deepcopy(model)
+    step = make_train_step(scratch, make_optimizer(scratch, ctx.profile), ctx.device,
+                           ctx.autocast_dtype is not None)
+    peak = peak_memory_mb(lambda: step(inputs.train_images, inputs.train_masks), ctx.device)
+    del scratch
+    return {"train_peak_mem_mb": peak}
+
+
+def _meminfo_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cgroup_headroom_bytes() -> int | None:
+    """memory.max - memory.current of this process's cgroup (v2), when it has a limit."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def available_host_bytes() -> tuple[int, str] | None:
+    """Memory this process can still take on the host, and where the figure comes from;
+    None where neither /proc/meminfo nor a cgroup limit can be read."""
+    candidates = [(_meminfo_bytes("MemAvailable"), "MemAvailable in /proc/meminfo"),
+                  (_cgroup_headroom_bytes(), "the cgroup's memory.max - memory.current")]
+    known = [(value, source) for value, source in candidates if value is not None]
+    return min(known) if known else None
+
+
+def available_device_bytes(device: torch.device) -> tuple[int, str] | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0], "free memory on the GPU (cudaMemGetInfo)"
+    return available_host_bytes()

@@ -6,37 +6,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segbench.measure.context import MeasureContext, MeasureInputs, inference_fn
 from segbench.measure.device import EnergyMeter
 from segbench.measure.memory import is_out_of_memory
 from segbench.measure.timing import percentile, time_calls_ms
 
 
-@torch.no_grad()
-def throughput(model: nn.Module, image_shape: tuple[int, int, int], device: torch.device,
-               batches: tuple[int, ...], repeats: int, amp: bool = False) -> dict:
-    model.eval()
+def throughput(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext) -> dict:
+    batches = ctx.profile.throughput_batches
     for batch in sorted(batches, reverse=True):
         try:
-            return _at_batch(model, image_shape, device, batch, repeats, amp)
-        except RuntimeError as e:
+            return _at_batch(model, inputs, ctx, batch)
+        except Exception as e:
             if not is_out_of_memory(e):
                 raise
-            if device.type == "cuda":
+            if ctx.device.type == "cuda":
                 torch.cuda.empty_cache()
     raise RuntimeError(f"out of memory at every throughput batch size {batches}")
 
 
-def _at_batch(model, image_shape, device, batch, repeats, amp) -> dict:
-    x = torch.randn(batch, *image_shape, device=device)
-
-    def forward():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            model(x)
-
+def _at_batch(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext, batch: int) -> dict:
+    forward = inference_fn(model, torch.randn(batch, *inputs.image_shape, device=ctx.device), ctx)
     forward()  # warm-up at this batch size (also the out-of-memory probe)
-    meter = EnergyMeter(device)
+    repeats = ctx.profile.throughput_repeats
+    meter = EnergyMeter(ctx.device)
     with meter.measuring():
-        times = time_calls_ms(forward, device, warmup=0, repeats=repeats)
+        times = time_calls_ms(forward, ctx.device, warmup=0, repeats=repeats)
     median_s = percentile(times, 50) / 1e3
     energy = meter.joules / (batch * repeats) if meter.joules is not None else None
     return {"throughput_img_s": batch / median_s, "throughput_batch": batch,
