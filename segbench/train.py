@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from segbench.config import Profile
+from segbench.config import Mode, Profile
 from segbench.data.augment import AugmentConfig, Augmenter
 from segbench.data.base import PreparedDataset
 from segbench.measure.accuracy import accuracy
+from segbench.measure.context import MeasureContext
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -98,8 +99,8 @@ def fit(model: nn.Module, data: PreparedDataset, profile: Profile, device: torch
             images, masks = augment(images, masks, augment_generator)
             losses.append(step(images, masks))
             schedule.step()
-        val, _ = accuracy(model, data.splits["val"], data.num_classes, device,
-                          profile.batch_size, amp)
+        val, _ = accuracy(model, data.splits["val"], data.num_classes,
+                          MeasureContext.build(device, Mode(), profile))
         history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
                         "val_mdice": val["mdice"]})
         bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_mdice=f"{val['mdice']:.3f}")
