@@ -1,37 +1,52 @@
-"""Result records and the files of a run folder: results.csv, results.md, run.json.
+"""Result records, and what a run folder's derived files say: results.csv, results.md and
+results.json are rendered here from the rows and the manifest (segbench.store writes them).
 
-Every write goes to a temporary file that replaces the real one, so an interrupted or failing
-run leaves the earlier rows intact; rows are keyed so that a re-run resumes.
+A row is keyed by every configuration field that changes a figure, and each key field is also
+a column, so a row carries its own conditions and resuming with other settings adds rows
+instead of relabelling old ones.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 import platform
 import subprocess
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 from segbench.measure.flops import FLOP_CONVENTION
+
+FORMAT = 2  # of run.json; format 1 (no "starts") is upgraded on reading
 
 
 @dataclass
 class Record:
+    # identity: the row key, every field that changes a result
     arch: str
     variant: str
-    kernels: str
+    kernels: str  # the backend the row was measured with
     dataset: str
     image_size: int
     device: str
     profile: str
-    status: str = "ok"  # ok | error | oom | interrupted
+    epochs: int = 0
+    recipe: str = "shared"
+    seed: int = 0
+    split_seed: int = 0
+    fold: int = 0
+    folds: int = 1
+    mode: str = ""  # the deployment mode's label, e.g. eager-fp32
+    threads: int = 0
+    train_kernels: str = ""  # the backend the weights were trained with
+    pretrained: str = ""
+    # outcome
+    status: str = "ok"  # ok | error | oom | diverged
     reason: str = ""
+    run_start: int = 0  # index (from 1) of the start in run.json that measured the row
     dtype: str = ""
     params_m: float = math.nan
     gflops: float = math.nan
@@ -57,26 +72,92 @@ class Record:
     train_peak_mem_mb: float = math.nan
     train_batch: int = 0
     train_time_s: float = math.nan
-    epochs: int = 0
     best_epoch: int = 0
-    extra: dict = field(default_factory=dict)  # metrics added by later measurements
-
-    KEY_FIELDS = ("arch", "variant", "kernels", "dataset", "image_size", "device")
+    extra: dict = field(default_factory=dict)  # columns added by later measurements
+    tables: dict = field(default_factory=dict)  # name -> list of dicts, e.g. history per epoch
 
     @property
     def key(self) -> tuple:
-        return tuple(str(getattr(self, f)) for f in self.KEY_FIELDS)
+        return tuple(str(getattr(self, f)) for f in KEY_FIELDS)
+
+    def update(self, measured: dict) -> None:
+        """Set the columns a measurement returned: Record fields by name, the rest in extra."""
+        for name, value in measured.items():
+            if name in COLUMN_FIELDS:
+                setattr(self, name, value)
+            else:
+                self.extra[name] = value
+
+    def failed(self, status: str, reason: str) -> None:
+        self.status, self.reason = status, reason[:300]
 
     def to_row(self) -> dict:
-        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        row = {name: getattr(self, name) for name in COLUMN_FIELDS}
         row.update(self.extra)
         return row
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+KEY_FIELDS = ("arch", "variant", "kernels", "dataset", "image_size", "device", "profile",
+              "epochs", "recipe", "seed", "split_seed", "fold", "folds", "mode", "threads",
+              "train_kernels", "pretrained")
+COLUMN_FIELDS = tuple(f.name for f in fields(Record) if f.name not in ("extra", "tables"))
+# a row counts as finished only when these are present and finite (or it failed for good)
+REQUIRED_COLUMNS = ("params_m", "gflops", "miou", "mdice", "pixel_accuracy", "latency_ms",
+                    "latency_p95_ms", "throughput_img_s", "train_time_s")
+TERMINAL_FAILURES = ("diverged",)  # the same seed diverges again: not retried on resume
+
+
+def row_key(row: dict) -> tuple:
+    return tuple(str(row.get(f, "")) for f in KEY_FIELDS)
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def is_finished(row: dict) -> bool:
+    if row.get("status") in TERMINAL_FAILURES:
+        return True
+    return row.get("status") == "ok" and all(_finite(row.get(c)) for c in REQUIRED_COLUMNS)
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    columns = list(COLUMN_FIELDS)
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    return columns
+
+
+def _plain(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return round(value, 6)
+    return value
+
+
+def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns or _columns(rows), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _plain(v) for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
+
+
+def table_csv_text(name: str, entries: list[tuple[dict, dict]]) -> str | None:
+    """One CSV of a per-row table (e.g. history) over all rows, each line led by its row's key;
+    None when no row has the table."""
+    lines = [{**{k: row.get(k) for k in KEY_FIELDS}, **line}
+             for row, tables in entries for line in tables.get(name, [])]
+    if not lines:
+        return None
+    columns = list(KEY_FIELDS)
+    for line in lines:
+        columns += [c for c in line if c not in columns]
+    return csv_text(lines, columns)
 
 
 def read_rows(folder: Path) -> list[dict]:
@@ -85,43 +166,6 @@ def read_rows(folder: Path) -> list[dict]:
         return []
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
-
-
-def row_key(row: dict) -> tuple:
-    return tuple(str(row.get(f, "")) for f in Record.KEY_FIELDS)
-
-
-def _columns(rows: list[dict]) -> list[str]:
-    columns = [f.name for f in fields(Record) if f.name != "extra"]
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-    return columns
-
-
-def write_csv(folder: Path, rows: list[dict]) -> None:
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_columns(rows), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _atomic_write(folder / "results.csv", buffer.getvalue())
-
-
-def upsert(folder: Path, record: Record) -> list[dict]:
-    """Add a row to the folder's results.csv, replacing an earlier row with the same key."""
-    rows = [r for r in read_rows(folder) if row_key(r) != record.key]
-    rows.append({k: _plain(v) for k, v in record.to_row().items()})
-    write_csv(folder, rows)
-    return rows
-
-
-def _plain(value):
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    if isinstance(value, float):
-        return round(value, 6)
-    return value
 
 
 def _git_commit() -> str | None:
@@ -134,6 +178,8 @@ def _git_commit() -> str | None:
 
 
 def environment(device_facts: dict) -> dict:
+    import torch
+
     try:
         import triton
 
@@ -152,15 +198,23 @@ def environment(device_facts: dict) -> dict:
     }
 
 
-def write_manifest(folder: Path, manifest: dict) -> None:
-    _atomic_write(folder / "run.json", json.dumps(manifest, indent=2, default=str) + "\n")
+def upgrade_manifest(manifest: dict) -> dict:
+    """A format-1 run.json (one configuration, no start history) in today's shape."""
+    if manifest.get("format") == FORMAT:
+        return manifest
+    config = dict(manifest["config"])
+    config.setdefault("seeds", [config.pop("seed", 0)])
+    return {"format": FORMAT,
+            "study": {k: config[k] for k in ("dataset", "device", "profile")},
+            "dataset": manifest.get("dataset", {}), "method": manifest["method"],
+            "starts": [{"config": config, "environment": manifest["environment"]}]}
 
 
 def read_manifest(folder: Path) -> dict | None:
     path = folder / "run.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    return upgrade_manifest(json.loads(path.read_text()))
 
 
 MARKDOWN_COLUMNS = [
@@ -172,6 +226,10 @@ MARKDOWN_COLUMNS = [
     ("peak_mem_mb", "infer MB"), ("train_peak_mem_mb", "train MB"),
     ("train_time_s", "train s"),
 ]
+# key columns shown in results.md only when the rows differ in them
+VARYING_COLUMNS = [("seed", "seed"), ("split_seed", "split seed"), ("fold", "fold"),
+                   ("mode", "mode"), ("threads", "threads"), ("train_kernels", "trained with"),
+                   ("recipe", "recipe"), ("epochs", "epochs"), ("pretrained", "pretrained")]
 
 
 def _cell(value) -> str:
@@ -181,6 +239,8 @@ def _cell(value) -> str:
         number = float(value)
     except (TypeError, ValueError):
         return str(value).replace("|", "/")
+    if math.isnan(number):
+        return "–"
     if number.is_integer() and abs(number) >= 1:
         return str(int(number))
     return f"{number:.3g}" if abs(number) < 100 else f"{number:.0f}"
@@ -193,44 +253,58 @@ def markdown_table(rows: list[dict], columns=MARKDOWN_COLUMNS) -> str:
     return "\n".join([head, rule, *body])
 
 
+def _start_line(number: int, start: dict) -> str:
+    cfg, env = start["config"], start["environment"]
+    seeds = ",".join(map(str, cfg["seeds"]))
+    split = "" if cfg.get("split_seed") is None else f", split seed {cfg['split_seed']}"
+    folds = f", {cfg['folds']} folds" if cfg.get("folds", 1) > 1 else ""
+    modes = f", modes {' '.join(cfg['modes'])}" if cfg.get("modes") else ""
+    commit = (env.get("git_commit") or "unknown")[:10]
+    return (f"- run start {number} ({env['started_utc']}, git {commit}, torch {env['torch']}, "
+            f"triton {env['triton']}): seeds {seeds}{split}{folds}; kernels {cfg['kernels']}; "
+            f"CPU threads: {cfg['threads']}{modes}")
+
+
 def method_lines(manifest: dict) -> list[str]:
-    """The measurement context every table must carry."""
-    cfg, method = manifest["config"], manifest["method"]
-    profile = cfg["profile"]
+    """The measurement context every table must carry; what varies by row is in its columns."""
+    study, method = manifest["study"], manifest["method"]
+    profile = study["profile"]
+    device_name = manifest["starts"][-1]["environment"]["device_name"]
     return [
-        f"- device: {manifest['environment']['device_name']} ({cfg['device']}); "
-        f"torch {manifest['environment']['torch']}, triton {manifest['environment']['triton']}",
-        f"- profile: {profile['name']} ({profile['description']}); dataset {cfg['dataset']} at "
-        f"{profile['image_size']} px; seed {cfg['seed']}",
-        f"- dtype: {method['dtype']}; CPU threads: {cfg['threads']}",
+        f"- device: {device_name} ({study['device']})",
+        f"- profile: {profile['name']} ({profile['description']}); dataset {study['dataset']} at "
+        f"{profile['image_size']} px, {profile['epochs']} epochs",
+        *[_start_line(i, start) for i, start in enumerate(manifest["starts"], 1)],
+        "- dtype: per row (columns dtype and mode)",
         f"- FLOPs: {FLOP_CONVENTION}, one forward at {profile['image_size']} px",
         f"- latency: batch 1, {profile['latency_warmup']} warm-up + {profile['latency_repeats']} "
         f"timed runs, median and p95 ({method['timer']})",
-        f"- throughput: images/s at the largest of batches {profile['throughput_batches']} that "
-        f"fits, median of {profile['throughput_repeats']} runs",
+        f"- throughput: images/s at the largest of batches {tuple(profile['throughput_batches'])} "
+        f"that fits, median of {profile['throughput_repeats']} runs",
         f"- memory: {method['memory']}; training step at batch {profile['batch_size']}",
         f"- accuracy: {method['accuracy']}",
         f"- boundary: {method['boundary']}",
     ]
 
 
-def write_markdown(folder: Path, rows: list[dict], manifest: dict) -> None:
+def markdown_text(title: str, rows: list[dict], manifest: dict) -> str:
+    varying = [(key, name) for key, name in VARYING_COLUMNS
+               if len({str(row.get(key)) for row in rows}) > 1]
+    columns = MARKDOWN_COLUMNS[:3] + varying + MARKDOWN_COLUMNS[3:]
+    lines = [f"# segbench results: {title}", "", *method_lines(manifest), "",
+             markdown_table(rows, columns), ""]
+    baselines = sorted({round(float(r["majority_baseline_mdice"]), 3) for r in rows
+                        if _finite(r.get("majority_baseline_mdice"))})
+    if baselines:
+        spread = "" if len(baselines) == 1 else f" to {baselines[-1]:.3f} across the splits"
+        lines += [f"Majority-class baseline on the test split: mDice {baselines[0]:.3f}{spread}.",
+                  ""]
     failed = [r for r in rows if r.get("status") != "ok"]
-    lines = [f"# segbench results: {folder.name}", "", *method_lines(manifest), "",
-             markdown_table(rows), ""]
-    baseline = [r.get("majority_baseline_mdice") for r in rows if r.get("majority_baseline_mdice")]
-    if baseline:
-        lines += [f"Majority-class baseline on the test split: mDice {float(baseline[0]):.3f}.", ""]
     if failed:
-        lines += ["Failures:", *[f"- {r['variant']} ({r['kernels']}): {r['status']}: "
-                                 f"{r.get('reason', '')}" for r in failed], ""]
-    _atomic_write(folder / "results.md", "\n".join(lines))
+        lines += ["Failures:", *[f"- {r['variant']} ({r['kernels']}, seed {r['seed']}): "
+                                 f"{r['status']}: {r.get('reason', '')}" for r in failed], ""]
+    return "\n".join(lines)
 
 
-def write_json(folder: Path, rows: list[dict], manifest: dict) -> None:
-    _atomic_write(folder / "results.json",
-                  json.dumps({"manifest": manifest, "rows": rows}, indent=2, default=str) + "\n")
-
-
-def record_from_failure(base: Record, status: str, reason: str) -> Record:
-    return Record(**{**asdict(base), "status": status, "reason": reason[:300]})
+def json_text(rows: list[dict], manifest: dict) -> str:
+    return json.dumps({"manifest": manifest, "rows": rows}, indent=2, default=str) + "\n"

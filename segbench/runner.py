@@ -1,16 +1,17 @@
-"""The arch x kernels loop: build, train, evaluate, measure, record.
+"""Runs the grid: train each unit, measure its rows, hand every record to the one writer.
 
-A failure or an out-of-memory becomes a recorded row and the loop goes on; rows already
-finished in the output folder are skipped, so re-running the same command resumes.
+`train_unit` and `measure_unit` are pure: plain data in, records out, nothing written, no
+global state beyond torch's thread count; `run` is the in-process executor that calls them in
+order. A failure, an out-of-memory or a diverged training becomes a recorded row and the run
+goes on; rows already finished in the output folder are skipped, so re-running the same
+command resumes.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -19,254 +20,168 @@ from tqdm.auto import tqdm
 from segbench import results
 from segbench.config import RunConfig, UsageError
 from segbench.data import PreparedDataset, load_dataset
+from segbench.errors import TrainingDiverged
+from segbench.grid import Unit, base_record, build_grid, resolve_variants, row_count
+from segbench.layers import set_kernels
 from segbench.measure.accuracy import accuracy, majority_baseline
 from segbench.measure.boundary import boundary_metrics
+from segbench.measure.context import MeasureContext, MeasureInputs
 from segbench.measure.device import device_facts
 from segbench.measure.flops import count_flops, count_params
 from segbench.measure.latency import latency
 from segbench.measure.memory import (
-    inference_peak_mb,
+    inference_memory,
     is_out_of_memory,
     memory_method,
-    training_peak_mb,
+    training_memory,
 )
 from segbench.measure.throughput import throughput
-from segbench.models import ARCHITECTURES, ModelSpec, create_model, model_spec, variant_for_profile
-from segbench.train import fit, make_optimizer, make_train_step
-
-
-def resolve_variants(names: tuple[str, ...], small: bool) -> list[ModelSpec]:
-    """Architecture names take the profile's variant; variant names are taken as given."""
-    specs = []
-    for name in names:
-        try:
-            spec = variant_for_profile(name, small) if name in ARCHITECTURES else model_spec(name)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        specs.append(spec)
-    return specs
-
-
-def uses_kernels(model: nn.Module) -> bool:
-    """Whether any layer of the model has a Triton path (a `kernels` attribute)."""
-    return any(hasattr(m, "kernels") for m in model.modules())
-
-
-def backends_for(cfg: RunConfig) -> list[str]:
-    if cfg.kernels == "both":
-        return ["torch", "triton"]
-    if cfg.kernels == "auto":
-        return ["triton" if cfg.device == "cuda" else "torch"]
-    return [cfg.kernels]
-
-
-def check_output_folder(folder: Path, manifest: dict) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"output folder {folder} is a file; give a folder path with --out")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"output folder {folder} is not writable ({e.strerror})") from None
-    earlier = results.read_manifest(folder)
-    if earlier is None:
-        return
-    keys = ("dataset", "device", "seed")
-    old, new = earlier["config"], json.loads(json.dumps(manifest["config"], default=str))
-    differs = [k for k in keys if old.get(k) != new.get(k)]
-    if old["profile"] != new["profile"]:
-        differs.append("profile")
-    if differs:
-        raise UsageError(f"output folder {folder} holds a run with a different "
-                         f"{', '.join(differs)}; "
-                         "choose another --out to keep both")
-
-
-def preflight(specs: list[ModelSpec], data: PreparedDataset, cfg: RunConfig) -> None:
-    """Every model must take the run's image size: fail now, in one line, not after hours."""
-    size = cfg.profile.image_size
-    device = torch.device(cfg.device)
-    for spec in specs:
-        model = create_model(spec.name, data.num_classes, data.in_channels, kernels="torch")
-        model = model.to(device)
-        try:
-            with torch.no_grad():
-                out = model.eval()(torch.zeros(1, data.in_channels, size, size, device=device))
-        except RuntimeError as e:
-            if is_out_of_memory(e):
-                continue  # too large for the device: recorded as an oom row when it runs
-            raise UsageError(f"image size {size} is too small for {spec.name} "
-                             f"({str(e).splitlines()[0]}); use a larger --image-size") from None
-        if out.shape[-2:] != (size, size):
-            raise UsageError(f"{spec.name} returns {tuple(out.shape[-2:])} "
-                             f"for a {size}x{size} input")
-        del model
-
+from segbench.models import create_model
+from segbench.preflight import check_dataset_memory, check_models
+from segbench.store import check_folder, finished_keys, open_run_folder
+from segbench.train import fit
 
 NSD_TOLERANCE_PX = 1.0
+COST_MEASUREMENTS = (latency, throughput, inference_memory, training_memory)
+
+
+@dataclass(frozen=True)
+class UnitContext:
+    """What a unit's work needs besides the unit: the run's config and the unit's data."""
+
+    cfg: RunConfig
+    data: PreparedDataset
 
 
 @dataclass
-class Context:
-    cfg: RunConfig
-    data: PreparedDataset
-    device: torch.device
-    amp: bool
-    folder: Path
-    manifest: dict
+class Trained:
+    """What training a unit gives its rows: the best weights and the facts every row shares."""
+
+    facts: dict  # columns: params, FLOPs, train time, best epoch, baseline
+    state: dict | None  # the best epoch's state_dict on the CPU; None when training failed
+    history: list[dict] = field(default_factory=list)  # one dict per epoch
+    status: str = "ok"
+    reason: str = ""
 
 
-def build_manifest(cfg: RunConfig, data: PreparedDataset, device: torch.device) -> dict:
-    amp = device.type == "cuda"
-    return {
-        "config": cfg.to_json(),
-        "environment": results.environment(device_facts(device)),
-        "dataset": {"name": data.name, "classes": data.class_names,
-                    "split_sizes": {k: len(v) for k, v in data.splits.items()},
-                    "spacing_mm": data.spacing_mm, "description": data.description,
-                    "facts": data.facts},
-        "method": {
-            "dtype": "bf16 autocast (weights fp32)" if amp else "fp32",
-            "timer": "CUDA events" if amp else "time.perf_counter",
-            "memory": memory_method(device),
-            "accuracy": "test split; IoU/Dice per class from one confusion matrix; mIoU and "
-                        "mDice average the foreground classes; weights of the best val epoch",
-            "boundary": f"per 2D test slice and foreground class: HD95, average symmetric "
-                        f"surface distance, normalised surface Dice at {NSD_TOLERANCE_PX} px; "
-                        "one region empty = image diagonal / NSD 0, both empty = skipped "
-                        "(segbench.measure.boundary)",
-        },
-    }
+def study_of(cfg: RunConfig) -> dict:
+    """What every row of one run folder shares; a run with other values needs another --out."""
+    return {"dataset": cfg.dataset, "device": cfg.device, "profile": asdict(cfg.profile)}
 
 
-def run(cfg: RunConfig) -> Iterator[results.Record]:
+def load_unit_data(cfg: RunConfig, unit: Unit, image_size: int | None = None) -> PreparedDataset:
+    """The one call that prepares a unit's data (its split seed and fold)."""
+    if unit.folds > 1:
+        raise UsageError("--folds needs K-fold splits from segbench.data, which this version "
+                         "lacks")
+    return load_dataset(cfg.dataset, image_size or cfg.profile.image_size, unit.split_seed,
+                        cfg.cache_dir)
+
+
+def failure_status(error: BaseException) -> str:
+    if isinstance(error, TrainingDiverged):
+        return "diverged"
+    return "oom" if is_out_of_memory(error) else "error"
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _release_device_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def train_unit(unit: Unit, ctx: UnitContext) -> Trained:
+    """Count the model's FLOPs, train it, and return its best weights and facts."""
+    cfg, data = ctx.cfg, ctx.data
     device = torch.device(cfg.device)
     torch.set_num_threads(cfg.threads)
-    specs = resolve_variants(cfg.archs, cfg.profile.small_models)
-    data = load_dataset(cfg.dataset, cfg.profile.image_size, cfg.seed, cfg.cache_dir)
-    manifest = build_manifest(cfg, data, device)
-    check_output_folder(cfg.out_dir, manifest)
-    preflight(specs, data, cfg)
-    results.write_manifest(cfg.out_dir, manifest)
-    ctx = Context(cfg, data, device, device.type == "cuda", cfg.out_dir, manifest)
-    finished = {results.row_key(r) for r in results.read_rows(cfg.out_dir) if r["status"] == "ok"}
-    for spec in specs:
-        records = [base_record(spec, backend, ctx) for backend in backends_for(cfg)]
-        todo = [r for r in records if r.key not in finished]
-        if not todo:
-            continue
-        for record in measure_variant(spec, todo, ctx):
-            rows = results.upsert(ctx.folder, record)
-            results.write_markdown(ctx.folder, rows, manifest)
-            results.write_json(ctx.folder, rows, manifest)
-            yield record
-
-
-def base_record(spec: ModelSpec, backend: str, ctx: Context) -> results.Record:
-    return results.Record(
-        arch=spec.arch, variant=spec.name, kernels=backend, dataset=ctx.data.name,
-        image_size=ctx.cfg.profile.image_size, device=ctx.cfg.device,
-        profile=ctx.cfg.profile.name, dtype=ctx.manifest["method"]["dtype"],
-        train_batch=ctx.cfg.profile.batch_size, epochs=ctx.cfg.profile.epochs,
-    )
-
-
-def measure_variant(spec: ModelSpec, records: list[results.Record],
-                    ctx: Context) -> Iterator[results.Record]:
-    """Train once, then evaluate and measure each kernels backend on the same weights."""
+    torch.manual_seed(unit.seed)
+    facts: dict = {}
     try:
-        model, trained = train_variant(spec, ctx)
-    except Exception as e:  # noqa: BLE001  (any failure becomes a row; the run goes on)
-        for record in records:
-            yield failure(record, e, ctx)
-        return
-    torch_pred = None
+        model = create_model(unit.variant, data.num_classes, data.in_channels,
+                             pretrained=cfg.pretrained)
+        model = set_kernels(model, unit.train_kernels).to(device)
+        image_shape = (data.in_channels, cfg.profile.image_size, cfg.profile.image_size)
+        flops = count_flops(model, torch.randn(1, *image_shape, device=device))
+        facts = {"params_m": count_params(model) / 1e6, "gflops": flops["gflops"],
+                 "flops_uncounted_ops": flops["flops_uncounted_ops"]}
+        outcome = fit(model, data, cfg.profile, device, unit.seed, desc=unit.label)
+    except Exception as e:  # noqa: BLE001  (any failure becomes the unit's rows; the run goes on)
+        _release_device_memory(device)
+        return Trained(facts, None, status=failure_status(e), reason=_reason(e))
+    baseline = majority_baseline(data.splits["train"], data.splits["test"], data.num_classes)
+    facts.update(train_time_s=outcome.train_time_s, best_epoch=outcome.best_epoch,
+                 majority_baseline_mdice=baseline["mdice"])
+    state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+    return Trained(facts, state, outcome.history)
+
+
+def measure_unit(unit: Unit, trained: Trained, ctx: UnitContext) -> list[results.Record]:
+    """Every row of a trained unit: accuracy on the same weights, then cost, for each
+    kernels backend (switched in place) and deployment mode."""
+    cfg, data = ctx.cfg, ctx.data
+    records = [base_record(cfg, unit, row) for row in unit.rows]
     for record in records:
+        record.update(trained.facts)
+        record.tables["history"] = trained.history
+    if trained.state is None:
+        for record in records:
+            record.failed(trained.status, trained.reason)
+        return records
+    torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    model = create_model(unit.variant, data.num_classes, data.in_channels)
+    model.load_state_dict(trained.state)
+    model.to(device)
+    inputs = measure_inputs(data, cfg)
+    torch_labels: dict[str, torch.Tensor] = {}  # per mode: the torch row's test labels
+    for record, row in zip(records, unit.rows, strict=True):
+        mctx = MeasureContext.build(device, row.mode, cfg.profile, row.kernels, cfg.threads)
+        record.dtype = mctx.dtype_description
         try:
-            measured, pred = measure_backend(spec, model, record.kernels, ctx, torch_pred)
+            set_kernels(model, row.kernels)
+            columns, labels = measure_row(model, inputs, mctx, data,
+                                          torch_labels.get(row.mode.label))
         except Exception as e:  # noqa: BLE001
-            yield failure(record, e, ctx)
+            _release_device_memory(device)
+            record.failed(failure_status(e), _reason(e))
             continue
-        if record.kernels == "torch":
-            torch_pred = pred
-        record.__dict__.update(trained)
-        for key, value in measured.items():
-            if hasattr(record, key) and key != "extra":
-                setattr(record, key, value)
-            else:
-                record.extra[key] = value
-        yield record
+        record.update(columns)
+        if row.kernels == "torch":
+            torch_labels[row.mode.label] = labels
+    return records
 
 
-def failure(record: results.Record, error: Exception, ctx: Context) -> results.Record:
-    if ctx.device.type == "cuda":
-        torch.cuda.empty_cache()
-    status = "oom" if is_out_of_memory(error) else "error"
-    return results.record_from_failure(record, status, f"{type(error).__name__}: {error}")
+def measure_inputs(data: PreparedDataset, cfg: RunConfig) -> MeasureInputs:
+    train, batch = data.splits["train"], cfg.profile.batch_size
+    return MeasureInputs(
+        image_shape=(data.in_channels, cfg.profile.image_size, cfg.profile.image_size),
+        test=data.splits["test"], train_images=train.images[:batch],
+        train_masks=train.masks[:batch], num_classes=data.num_classes)
 
 
-def train_variant(spec: ModelSpec, ctx: Context) -> tuple[nn.Module, dict]:
-    torch.manual_seed(ctx.cfg.seed)
-    train_backend = "torch" if ctx.cfg.kernels == "both" else backends_for(ctx.cfg)[0]
-    model = create_model(spec.name, ctx.data.num_classes, ctx.data.in_channels,
-                         kernels=train_backend, pretrained=ctx.cfg.pretrained).to(ctx.device)
-    image_shape = (ctx.data.in_channels, ctx.cfg.profile.image_size, ctx.cfg.profile.image_size)
-    flops = count_flops(model, torch.randn(1, *image_shape, device=ctx.device))
-    outcome = fit(model, ctx.data, ctx.cfg.profile, ctx.device, ctx.cfg.seed, desc=spec.name)
-    baseline = majority_baseline(ctx.data.splits["train"], ctx.data.splits["test"],
-                                 ctx.data.num_classes)
-    return model, {
-        "params_m": count_params(model) / 1e6,
-        "gflops": flops["gflops"],
-        "flops_uncounted_ops": flops["flops_uncounted_ops"],
-        "train_time_s": outcome.train_time_s,
-        "best_epoch": outcome.best_epoch,
-        "majority_baseline_mdice": baseline["mdice"],
-    }
-
-
-def with_backend(spec: ModelSpec, model: nn.Module, backend: str, ctx: Context) -> nn.Module:
-    """The trained model, or a copy of its weights in a model built for another backend."""
-    if not uses_kernels(model) or all(getattr(m, "kernels", backend) == backend
-                                      for m in model.modules()):
-        return model
-    twin = create_model(spec.name, ctx.data.num_classes, ctx.data.in_channels, kernels=backend)
-    twin.load_state_dict(model.state_dict())
-    return twin.to(ctx.device)
-
-
-def measure_backend(spec: ModelSpec, trained: nn.Module, backend: str, ctx: Context,
-                    torch_pred: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
-    profile, device, amp = ctx.cfg.profile, ctx.device, ctx.amp
-    model = with_backend(spec, trained, backend, ctx)
-    image_shape = (ctx.data.in_channels, profile.image_size, profile.image_size)
-    test = ctx.data.splits["test"]
-    phases = tqdm(total=5, desc=f"{spec.name} [{backend}] measure", unit="phase", leave=False)
-    scores, pred = accuracy(model, test, ctx.data.num_classes, device, profile.batch_size, amp)
-    measured = {
+def measure_row(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext,
+                data: PreparedDataset, torch_labels: torch.Tensor | None,
+                ) -> tuple[dict, torch.Tensor]:
+    """The row's columns, and its test labels (the reference for the triton row)."""
+    scores, labels = accuracy(model, inputs.test, inputs.num_classes, ctx)
+    columns = {
         "miou": scores["miou"], "mdice": scores["mdice"],
         "pixel_accuracy": scores["pixel_accuracy"],
         "iou_per_class": " ".join(map(str, scores["iou_per_class"])),
         "dice_per_class": " ".join(map(str, scores["dice_per_class"])),
+        **boundary_columns(labels, inputs.test.masks, data),
     }
-    measured.update(boundary_columns(pred, test.masks, ctx.data))
-    if torch_pred is not None:
-        measured["agrees_with_torch"] = float((pred == torch_pred).float().mean())
-    phases.update()
-    measured.update(latency(model, image_shape, device, profile.latency_warmup,
-                            profile.latency_repeats, amp))
-    phases.update()
-    measured.update(throughput(model, image_shape, device, profile.throughput_batches,
-                               profile.throughput_repeats, amp))
-    phases.update()
-    measured["peak_mem_mb"] = inference_peak_mb(model, image_shape, device, amp)
-    phases.update()
-    measured["train_peak_mem_mb"] = training_step_peak_mb(model, ctx)
-    phases.update()
-    phases.close()
-    return measured, pred
+    if torch_labels is not None and ctx.kernels != "torch":
+        columns["agrees_with_torch"] = float((labels == torch_labels).float().mean())
+    bar = tqdm(COST_MEASUREMENTS, desc=f"measure [{ctx.kernels}, {ctx.mode.label}]",
+               unit="phase", leave=False)
+    for measure in bar:
+        columns.update(measure(model, inputs, ctx))
+    return columns, labels
 
 
 def boundary_columns(pred: torch.Tensor, target: torch.Tensor, data: PreparedDataset) -> dict:
@@ -283,13 +198,103 @@ def boundary_columns(pred: torch.Tensor, target: torch.Tensor, data: PreparedDat
     return columns
 
 
-def training_step_peak_mb(model: nn.Module, ctx: Context) -> float:
-    """Peak memory of one training step at the profile's batch, on a copy of the model."""
-    scratch = copy.deepcopy(model)
-    step = make_train_step(scratch, make_optimizer(scratch, ctx.cfg.profile), ctx.device, ctx.amp)
-    train = ctx.data.splits["train"]
-    batch = ctx.cfg.profile.batch_size
-    images, masks = train.images[:batch], train.masks[:batch]
-    peak = training_peak_mb(lambda: step(images, masks), ctx.device)
-    del scratch
-    return peak
+def shared_manifest(cfg: RunConfig, data: PreparedDataset) -> dict:
+    """What run.json says once for the whole folder: the study, the data and the methods."""
+    device = torch.device(cfg.device)
+    return {
+        "study": study_of(cfg),
+        "dataset": {"name": data.name, "classes": data.class_names,
+                    "spacing_mm": data.spacing_mm, "description": data.description},
+        "method": {
+            "timer": "CUDA events" if device.type == "cuda" else "time.perf_counter",
+            "memory": memory_method(device),
+            "accuracy": "test split; IoU/Dice per class from one confusion matrix; mIoU and "
+                        "mDice average the foreground classes; weights of the best val epoch",
+            "boundary": f"per 2D test slice and foreground class: HD95, average symmetric "
+                        f"surface distance, normalised surface Dice at {NSD_TOLERANCE_PX} px; "
+                        "one region empty = image diagonal / NSD 0, both empty = skipped "
+                        "(segbench.measure.boundary)",
+        },
+    }
+
+
+def start_manifest(cfg: RunConfig) -> dict:
+    """What run.json says about one start: its full configuration and environment."""
+    return {"config": cfg.to_json(),
+            "environment": results.environment(device_facts(torch.device(cfg.device)))}
+
+
+class Progress:
+    """`unit 3/11` with the ETA of the remaining units, from the ones done in this start."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def line(self, unit: Unit) -> str:
+        eta = ""
+        if self.done:
+            per_unit = (time.perf_counter() - self.started) / self.done
+            eta = f", ETA {_duration(per_unit * (self.total - self.done))} for the rest"
+        return f"segbench: unit {self.done + 1}/{self.total}: {unit.label}{eta}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _print_line(line: str) -> None:
+    tqdm.write(line)  # between progress bars, not through them
+
+
+def pending_units(cfg: RunConfig, units: list[Unit], finished: set[tuple]) -> list[Unit]:
+    """The units with rows still to do, each with only those rows."""
+    pending = [replace(unit, rows=tuple(row for row in unit.rows
+                                        if base_record(cfg, unit, row).key not in finished))
+               for unit in units]
+    return [unit for unit in pending if unit.rows]
+
+
+def run(cfg: RunConfig, log: Callable[[str], None] = _print_line) -> Iterator[results.Record]:
+    """Check everything, then train and measure each unit not yet finished in cfg.out_dir,
+    yielding each record once it is written."""
+    units = build_grid(cfg)
+    study = study_of(cfg)
+    check_folder(cfg.out_dir, study)
+    loaded: dict[tuple, PreparedDataset] = {}
+    todo = pending_units(cfg, units, finished_keys(cfg.out_dir))
+    if todo:
+        first = todo[0]
+        check_dataset_memory(cfg, lambda size: load_unit_data(cfg, first, size))
+        loaded[first.split_seed, first.fold] = load_unit_data(cfg, first)
+        specs = resolve_variants(tuple(dict.fromkeys(u.variant for u in todo)),
+                                 cfg.profile.small_models)
+        check_models(specs, loaded[first.split_seed, first.fold], cfg)
+    with open_run_folder(cfg.out_dir, study) as folder:
+        todo = pending_units(cfg, units, folder.finished_keys())
+        log(_first_line(cfg, row_count(units), row_count(todo), len(units), bool(folder.rows())))
+        for note in folder.notes:
+            log(note)
+        progress = Progress(len(todo))
+        for unit in todo:
+            split = (unit.split_seed, unit.fold)
+            if split not in loaded:
+                loaded = {split: load_unit_data(cfg, unit)}
+            ctx = UnitContext(cfg, loaded[split])
+            folder.begin(shared_manifest(cfg, ctx.data), start_manifest(cfg))
+            log(progress.line(unit))
+            trained = train_unit(unit, ctx)
+            for record in measure_unit(unit, trained, ctx):
+                folder.append(record)
+                yield record
+            progress.done += 1
+
+
+def _first_line(cfg: RunConfig, total: int, todo: int, units: int, resuming: bool) -> str:
+    if resuming:
+        return f"segbench: resuming {cfg.out_dir}: {total - todo}/{total} rows done"
+    return (f"segbench: {total} row(s) from {units} training(s), profile {cfg.profile.name}, "
+            f"device {cfg.device}, kernels {cfg.kernels}; writing {cfg.out_dir}")
