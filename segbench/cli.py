@@ -1,30 +1,63 @@
-"""Command line: argument parsing only; everything else lives in the runner and report."""
+"""Command line: argument parsing and validation; everything else lives in the runner and report.
+
+Importing this module is cheap (no torch): the heavy modules are imported inside the commands,
+after the arguments are parsed, so --help, argument errors and an early Ctrl-C are instant and
+end in one line.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import re
+import signal
 import sys
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 
-from segbench.config import UsageError
-from segbench.data.base import DataError
+from segbench.config import PROFILES, RunConfig, UsageError, default_profile
 
 EXAMPLES = """
 examples:
   segbench list                                  architectures, variants, params, GFLOPs
   segbench run --arch all                        every architecture, built-in brain MRI
   segbench run --arch unet,swin --profile smoke  two architectures in seconds
+  segbench run --arch fcn,unet --seeds 0,1,2     three trainings of each, one row per seed
   segbench run --arch deeplabv3plus --kernels both --device cuda
                                                  torch and Triton rows on the same weights
   segbench report runs/a runs/b                  one table and an accuracy-latency plot
   segbench data check brain-tissue               validate a dataset and summarise it
 """
 
+# every name of segbench.data.DATASETS (a test keeps the two in step)
+DATASETS_HELP = """datasets:
+  brain-tissue          real T1 MRI with grey/white-matter maps, shipped with nilearn (default)
+  brain-atlas           Colin27 T1 MRI with the AAL atlas in 7 classes (apt: mricron-data)
+  phantom               procedural shapes with exact ground truth, for tests
+  folder:PATH           your PNG/JPG/TIFF images in PATH/images and masks in PATH/masks
+  nnunet:PATH           an nnU-Net v2 raw or Medical Segmentation Decathlon folder
+"""
+
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors in one line, like every other error of segbench."""
+
+    def error(self, message: str):
+        self.exit(2, f"segbench: error: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="segbench",
         description="Which segmentation architecture, at what cost? Trains every architecture "
         "on the same medical data and measures accuracy, FLOPs, latency, memory and throughput.",
@@ -44,28 +77,41 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="train, evaluate and measure architectures; writes CSV, markdown and JSON",
         description="Train and measure. Rows already finished in --out are skipped, so the "
         "same command resumes an interrupted run; a failing architecture becomes a row with "
-        "its reason and the run goes on.")
+        "its reason and the run goes on.",
+        epilog=DATASETS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--arch", required=True,
                      help="'all', or comma-separated architecture names (the profile picks the "
-                     "variant) or variant names such as segformer-b2")
+                     "variant) or variant names such as segformer-b2; any case")
     run.add_argument("--dataset", default="brain-tissue",
-                     help="brain-tissue (default, real MRI shipped with nilearn), phantom, ... "
-                     "(see 'segbench data check --help')")
-    run.add_argument("--profile", choices=["smoke", "cpu", "gpu"],
-                     help="smoke: seconds per architecture; cpu: small variants at 64 px; "
-                     "gpu: paper defaults at 256 px (default: gpu with CUDA, else cpu)")
+                     help="brain-tissue (default), brain-atlas, phantom, folder:PATH or "
+                     "nnunet:PATH (listed below)")
+    run.add_argument("--profile", choices=list(PROFILES), help=" ".join(
+        f"{p.name}: {p.description}." for p in PROFILES.values())
+        + " Default: gpu with CUDA, else cpu.")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     run.add_argument("--kernels", choices=["auto", "torch", "triton", "both"], default="auto",
                      help="backend of the ops with Triton kernels; 'both' measures a torch and "
-                     "a triton row on the same trained weights (auto: triton on CUDA)")
+                     "a triton row on the same trained weights (auto: triton on CUDA). On a "
+                     "CPU, triton and both need TRITON_INTERPRET=1 (the interpreter: for "
+                     "rehearsals and tests)")
     run.add_argument("--out", type=Path,
-                     help="run folder (default runs/<date>_<profile>_<device>); reuse it to resume")
-    run.add_argument("--seed", type=int, default=0)
+                     help="run folder (default: runs/<profile>_<device>_<dataset>_<size>px_"
+                     "s<seeds>, from the settings, so the same command resumes)")
+    run.add_argument("--seeds", default="0",
+                     help="comma-separated training seeds, one row per seed (default 0)")
+    run.add_argument("--folds", type=int,
+                     help="K-fold cross-validation with K >= 2, one row per fold (default 1: "
+                     "the dataset's train/val/test split)")
+    run.add_argument("--split-seed", type=int,
+                     help="one seed for the data split of every row (default: each row's "
+                     "training seed also draws its split)")
     run.add_argument("--image-size", type=int, help="override the profile's image size")
     run.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     run.add_argument("--threads", type=int, default=2,
                      help="CPU threads for training and every measurement (default 2)")
     run.add_argument("--pretrained", help="local state_dict of the backbone (no downloads)")
+    run.add_argument("--force", action="store_true",
+                     help="run a gpu profile on a CPU, or past the memory estimate")
 
     report = commands.add_parser("report", help="merge run folders into one table and a plot")
     report.add_argument("folders", nargs="+", type=Path)
@@ -74,10 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
-    check = data_commands.add_parser("check", help="validate a dataset and print a summary")
-    check.add_argument("dataset")
-    check.add_argument("--image-size", type=int, default=64)
-    check.add_argument("--seed", type=int, default=0)
+    check = data_commands.add_parser(
+        "check", help="validate a dataset and print a summary", epilog=DATASETS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("dataset", help="one of the datasets below")
+    check.add_argument("--image-size", type=int,
+                       help="default: the size `segbench run` uses here (its default profile: "
+                       f"{PROFILES['cpu'].image_size} px on a CPU, "
+                       f"{PROFILES['gpu'].image_size} px with CUDA)")
+    check.add_argument("--seed", type=int, default=0, help="the split seed (default 0)")
     return parser
 
 
@@ -96,15 +147,50 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def run_config(args):
-    from segbench.config import PROFILES, RunConfig
-    from segbench.models import registered_architectures
+def parse_seeds(text: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
+        raise UsageError("--seeds is empty; give integers such as 0,1,2")
+    if not all(re.fullmatch(r"\d+", part) for part in parts):
+        raise UsageError(f"--seeds must be integers of 0 or more separated by commas, such as "
+                         f"0,1,2; got {text!r}")
+    seeds = tuple(int(part) for part in parts)
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UsageError(f"--seeds names {', '.join(map(str, repeated))} more than once")
+    return seeds
 
-    device = resolve_device(args.device)
-    if args.kernels in ("triton", "both") and device != "cuda":
-        raise UsageError(f"--kernels {args.kernels} needs --device cuda "
-                         "(the Triton interpreter is for tests)")
-    profile = PROFILES[args.profile or ("gpu" if device == "cuda" else "cpu")]
+
+def _slug(dataset: str) -> str:
+    name, _, arg = dataset.partition(":")
+    if arg:
+        name = f"{name}-{Path(arg.split('@')[0].split(',')[0]).name}"
+    return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
+
+
+def default_out(cfg: RunConfig) -> Path:
+    """runs/<profile>_<device>_<dataset>_<size>px[_<epochs>ep]_s<seeds>[_<K>fold][_split<N>]:
+    everything that tells one study from another, so the same command finds its folder."""
+    profile = cfg.profile
+    parts = [profile.name, cfg.device, _slug(cfg.dataset), f"{profile.image_size}px"]
+    if profile.epochs != PROFILES[profile.name].epochs:
+        parts.append(f"{profile.epochs}ep")
+    parts.append("s" + "-".join(map(str, cfg.seeds)))
+    if cfg.folds > 1:
+        parts.append(f"{cfg.folds}fold")
+    if cfg.split_seed is not None:
+        parts.append(f"split{cfg.split_seed}")
+    if cfg.recipe != RunConfig.recipe:
+        parts.append(cfg.recipe)
+    return Path("runs") / "_".join(parts)
+
+
+def _profile(args, device: str):
+    profile = PROFILES[args.profile] if args.profile else default_profile(device)
+    if profile.needs_gpu and device != "cuda" and not args.force:
+        raise UsageError(f"--profile {profile.name} trains paper-size models for "
+                         f"{profile.epochs} epochs, hours on a CPU; use --profile cpu, or add "
+                         "--force to run it anyway")
     if args.image_size is not None:
         if not 16 <= args.image_size <= 4096:
             raise UsageError(f"--image-size must be between 16 and 4096, got {args.image_size}")
@@ -113,34 +199,53 @@ def run_config(args):
         if args.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
         profile = replace(profile, epochs=args.epochs)
+    return profile
+
+
+def run_config(args) -> RunConfig:
+    """Every check that needs no data: done before anything is printed or created."""
+    from segbench.data import parse_spec
+    from segbench.grid import check_kernels, resolve_arch_names
+
+    device = resolve_device(args.device)
+    profile = _profile(args, device)
     if args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
-    archs = tuple(a.strip() for a in args.arch.split(",") if a.strip())
-    if archs == ("all",):
-        archs = tuple(registered_architectures())
-    if not archs:
+    if args.folds is not None and args.folds < 2:
+        raise UsageError(f"--folds must be at least 2 for cross-validation, got {args.folds} "
+                         "(without --folds: the dataset's train/val/test split)")
+    if args.split_seed is not None and args.split_seed < 0:
+        raise UsageError(f"--split-seed must be 0 or more, got {args.split_seed}")
+    check_kernels(args.kernels, device)
+    names = tuple(a.strip() for a in args.arch.split(",") if a.strip())
+    if not names:
         raise UsageError("--arch is empty; give 'all' or names such as unet,swin")
-    out = args.out or Path("runs") / f"{datetime.now():%Y-%m-%d_%H%M}_{profile.name}_{device}"
-    return RunConfig(archs=archs, dataset=args.dataset, profile=profile, device=device,
-                     kernels=args.kernels, out_dir=out, seed=args.seed, threads=args.threads,
-                     pretrained=args.pretrained)
+    parse_spec(args.dataset)
+    cfg = RunConfig(archs=resolve_arch_names(names), dataset=args.dataset, profile=profile,
+                    device=device, kernels=args.kernels, out_dir=Path("."),
+                    seeds=parse_seeds(args.seeds), folds=args.folds or 1,
+                    split_seed=args.split_seed, threads=args.threads,
+                    pretrained=args.pretrained, force=args.force)
+    return replace(cfg, out_dir=args.out or default_out(cfg))
 
 
 def command_run(args) -> int:
+    from tqdm.auto import tqdm
+
     from segbench.runner import run
 
     cfg = run_config(args)
-    print(f"segbench: {len(cfg.archs)} architecture(s), profile {cfg.profile.name}, "
-          f"device {cfg.device}, kernels {cfg.kernels}, writing {cfg.out_dir}")
     try:
         for record in run(cfg):
             outcome = (f"mDice {record.mdice:.3f}, {record.latency_ms:.1f} ms"
                        if record.status == "ok" else f"{record.status}: {record.reason}")
-            print(f"  {record.variant} [{record.kernels}] {outcome}")
-    except KeyboardInterrupt:
-        print(f"\nsegbench: interrupted; finished rows are kept in {cfg.out_dir}; "
-              "run the same command to resume", file=sys.stderr)
-        return 130
+            tqdm.write(f"  {record.variant} [{record.kernels}, {record.mode}] seed "
+                       f"{record.seed}: {outcome}")
+    except (KeyboardInterrupt, Terminated) as e:
+        name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        print(f"\nsegbench: stopped by {name}; finished rows are kept in {cfg.out_dir}; run "
+              "the same command to resume", file=sys.stderr)
+        return SIGNAL_EXIT[name]
     print(f"segbench: results in {cfg.out_dir}/results.md")
     return 0
 
@@ -181,7 +286,8 @@ def command_report(args) -> int:
 def command_data(args) -> int:
     from segbench.data.check import summarize
 
-    print(summarize(args.dataset, args.image_size, args.seed))
+    size = args.image_size or default_profile(resolve_device("auto")).image_size
+    print(summarize(args.dataset, size, args.seed))
     return 0
 
 
@@ -189,18 +295,38 @@ COMMANDS = {"run": command_run, "list": command_list, "report": command_report,
             "data": command_data}
 
 
+def _is_user_error(error: Exception) -> bool:
+    data = sys.modules.get("segbench.data.base")  # loaded whenever a DataError can exist
+    return isinstance(error, UsageError) or (data is not None
+                                             and isinstance(error, data.DataError))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help, or an argument error, already printed in one line
+            return int(e.code or 0)
         return COMMANDS[args.command](args)
-    except (UsageError, DataError) as e:  # the user's mistake: one line, no traceback
-        return fail(str(e))
-    except KeyboardInterrupt:
-        print("\nsegbench: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as e:
+        name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        print(f"\nsegbench: stopped by {name}", file=sys.stderr)
+        return SIGNAL_EXIT[name]
     except BrokenPipeError:  # output piped into `head` and friends
         sys.stderr.close()
         return 0
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        return fail(f"no space left on device ({e.filename or 'while writing'}); make room "
+                    "and run the same command again")
+    except Exception as e:
+        if not _is_user_error(e):
+            raise
+        return fail(str(e))  # the user's mistake: one line, no traceback
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
