@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run", help="train, evaluate and measure architectures; writes CSV, markdown and JSON",
-        description="Train and measure. Rows already finished in --out are skipped, so the "
-        "same command resumes an interrupted run; a failing architecture becomes a row with "
+        description="Train and measure. Rows already finished in --out are skipped, so the\n"
+        "same command resumes an interrupted run; a failing architecture becomes a row with\n"
         "its reason and the run goes on.",
         epilog=DATASETS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--arch", required=True,

@@ -275,7 +275,7 @@ def run(cfg: RunConfig, log: Callable[[str], None] = _print_line) -> Iterator[re
         check_models(specs, loaded[first.split_seed, first.fold], cfg)
     with open_run_folder(cfg.out_dir, study) as folder:
         todo = pending_units(cfg, units, folder.finished_keys())
-        log(_first_line(cfg, row_count(units), row_count(todo), len(units), bool(folder.rows())))
+        log(_first_line(cfg, units, todo, folder.rows()))
         for note in folder.notes:
             log(note)
         progress = Progress(len(todo))
@@ -293,8 +293,17 @@ def run(cfg: RunConfig, log: Callable[[str], None] = _print_line) -> Iterator[re
             progress.done += 1
 
 
-def _first_line(cfg: RunConfig, total: int, todo: int, units: int, resuming: bool) -> str:
-    if resuming:
-        return f"segbench: resuming {cfg.out_dir}: {total - todo}/{total} rows done"
-    return (f"segbench: {total} row(s) from {units} training(s), profile {cfg.profile.name}, "
-            f"device {cfg.device}, kernels {cfg.kernels}; writing {cfg.out_dir}")
+def _first_line(cfg: RunConfig, units: list[Unit], todo: list[Unit], held: list[dict]) -> str:
+    """Whether the run resumes, and what the folder already holds."""
+    total, left = row_count(units), row_count(todo)
+    keys = {base_record(cfg, unit, row).key for unit in units for row in unit.rows}
+    retried = sum(results.row_key(row) in keys for row in held) - (total - left)
+    others = sum(results.row_key(row) not in keys for row in held)
+    notes = [f"{retried} failed row(s) run again"] * bool(retried) + \
+        [f"the folder holds {others} row(s) of other settings"] * bool(others)
+    notes_text = f" ({'; '.join(notes)})" if notes else ""
+    if left < total:
+        return f"segbench: resuming {cfg.out_dir}: {total - left}/{total} rows done{notes_text}"
+    return (f"segbench: {total} row(s) from {len(units)} training(s), profile "
+            f"{cfg.profile.name}, device {cfg.device}, kernels {cfg.kernels}; writing "
+            f"{cfg.out_dir}{notes_text}")

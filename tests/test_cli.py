@@ -317,3 +317,14 @@ def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, capsys):
     with store.open_run_folder(out, study):
         assert cli.main([*SMOKE, "--arch", "fcn", "--out", str(out)]) == 2
     assert f"is in use by another segbench run (pid {os.getpid()} on " in error_line(capsys)
+
+
+def test_resume_with_other_threads_adds_rows_and_relabels_none(finished_run, capsys):
+    before = rows(finished_run)
+    assert cli.main([*SMOKE, "--arch", "fcn", "--threads", "1", "--out", str(finished_run)]) == 0
+    assert "row(s) of other settings" in capsys.readouterr().out.splitlines()[0]
+    after = rows(finished_run)
+    assert after[:len(before)] == before
+    assert [r["threads"] for r in after[len(before):]] == ["1"]
+    starts = json.loads((finished_run / "run.json").read_text())["starts"]
+    assert starts[0]["config"]["threads"] == 2 and starts[-1]["config"]["threads"] == 1
