@@ -202,7 +202,8 @@ def test_full_disk_while_writing_keeps_earlier_rows(finished_run, capsys, tmp_pa
     assert json.loads((finished_run / "run.json").read_text())["starts"][:1] == starts
 
 
-def test_corrupt_run_json_is_one_line(finished_run, capsys, tmp_path):
+def test_corrupt_run_json_is_one_line_before_any_data(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "load_dataset", lambda *a, **k: pytest.fail("data prepared"))
     out = tmp_path / "o"
     out.mkdir()
     (out / "run.json").write_text('{"format": 2, "starts": [')
