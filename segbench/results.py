@@ -265,7 +265,14 @@ def _start_line(number: int, start: dict) -> str:
             f"CPU threads: {cfg['threads']}{modes}")
 
 
-def method_lines(manifest: dict) -> list[str]:
+def _dtype_line(rows: list[dict]) -> str:
+    dtypes = sorted({str(row.get("dtype")) for row in rows if row.get("dtype")})
+    if len(dtypes) == 1:
+        return f"- dtype: {dtypes[0]}"
+    return "- dtype: per row (columns dtype and mode)"
+
+
+def method_lines(manifest: dict, rows: list[dict] = ()) -> list[str]:
     """The measurement context every table must carry; what varies by row is in its columns."""
     study, method = manifest["study"], manifest["method"]
     profile = study["profile"]
@@ -273,9 +280,9 @@ def method_lines(manifest: dict) -> list[str]:
     return [
         f"- device: {device_name} ({study['device']})",
         f"- profile: {profile['name']} ({profile['description']}); dataset {study['dataset']} at "
-        f"{profile['image_size']} px, {profile['epochs']} epochs",
+        f"{profile['image_size']} px, epochs {profile['epochs']}",
         *[_start_line(i, start) for i, start in enumerate(manifest["starts"], 1)],
-        "- dtype: per row (columns dtype and mode)",
+        _dtype_line(list(rows)),
         f"- FLOPs: {FLOP_CONVENTION}, one forward at {profile['image_size']} px",
         f"- latency: batch 1, {profile['latency_warmup']} warm-up + {profile['latency_repeats']} "
         f"timed runs, median and p95 ({method['timer']})",
@@ -291,7 +298,7 @@ def markdown_text(title: str, rows: list[dict], manifest: dict) -> str:
     varying = [(key, name) for key, name in VARYING_COLUMNS
                if len({str(row.get(key)) for row in rows}) > 1]
     columns = MARKDOWN_COLUMNS[:3] + varying + MARKDOWN_COLUMNS[3:]
-    lines = [f"# segbench results: {title}", "", *method_lines(manifest), "",
+    lines = [f"# segbench results: {title}", "", *method_lines(manifest, rows), "",
              markdown_table(rows, columns), ""]
     baselines = sorted({round(float(r["majority_baseline_mdice"]), 3) for r in rows
                         if _finite(r.get("majority_baseline_mdice"))})
