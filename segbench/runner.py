@@ -25,6 +25,7 @@ from segbench.grid import Unit, base_record, build_grid, resolve_variants, row_c
 from segbench.layers import set_kernels
 from segbench.measure.accuracy import accuracy, majority_baseline
 from segbench.measure.boundary import boundary_metrics
+from segbench.measure.conditions import pinned_cores
 from segbench.measure.context import MeasureContext, MeasureInputs
 from segbench.measure.device import device_facts
 from segbench.measure.flops import count_flops, count_params
@@ -35,14 +36,19 @@ from segbench.measure.memory import (
     memory_method,
     training_memory,
 )
+from segbench.measure.modes import Deployed, deployed
+from segbench.measure.sweep import batch_sweep
 from segbench.measure.throughput import throughput
+from segbench.measure.timing import method_description, row_verdict
+from segbench.measure.training_speed import training_speed
 from segbench.models import create_model
 from segbench.preflight import check_dataset_memory, check_models
 from segbench.store import check_folder, finished_keys, open_run_folder
 from segbench.train import fit
 
 NSD_TOLERANCE_PX = 1.0
-COST_MEASUREMENTS = (latency, throughput, inference_memory, training_memory)
+COST_MEASUREMENTS = (latency, throughput, inference_memory, training_memory, training_speed,
+                     batch_sweep)
 
 
 @dataclass(frozen=True)
@@ -139,17 +145,19 @@ def measure_unit(unit: Unit, trained: Trained, ctx: UnitContext) -> list[results
     inputs = measure_inputs(data, cfg)
     torch_labels: dict[str, torch.Tensor] = {}  # per mode: the torch row's test labels
     for record, row in zip(records, unit.rows, strict=True):
-        mctx = MeasureContext.build(device, row.mode, cfg.profile, row.kernels, cfg.threads)
+        mctx = MeasureContext.build(device, row.mode, cfg.profile, row.kernels, cfg.threads,
+                                    cfg.batch_sweep)
         record.dtype = mctx.dtype_description
         try:
             set_kernels(model, row.kernels)
-            columns, labels = measure_row(model, inputs, mctx, data,
-                                          torch_labels.get(row.mode.label))
-        except Exception as e:  # noqa: BLE001
+            columns, tables, labels = measure_row(model, inputs, mctx, data,
+                                                  torch_labels.get(row.mode.label))
+        except Exception as e:  # noqa: BLE001  (a mode the model cannot take is a row too)
             _release_device_memory(device)
             record.failed(failure_status(e), _reason(e))
             continue
         record.update(columns)
+        record.tables.update(tables)
         if row.kernels == "torch":
             torch_labels[row.mode.label] = labels
     return records
@@ -165,23 +173,35 @@ def measure_inputs(data: PreparedDataset, cfg: RunConfig) -> MeasureInputs:
 
 def measure_row(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext,
                 data: PreparedDataset, torch_labels: torch.Tensor | None,
-                ) -> tuple[dict, torch.Tensor]:
-    """The row's columns, and its test labels (the reference for the triton row)."""
-    scores, labels = accuracy(model, inputs.test, inputs.num_classes, ctx)
-    columns = {
-        "miou": scores["miou"], "mdice": scores["mdice"],
-        "pixel_accuracy": scores["pixel_accuracy"],
-        "iou_per_class": " ".join(map(str, scores["iou_per_class"])),
-        "dice_per_class": " ".join(map(str, scores["dice_per_class"])),
-        **boundary_columns(labels, inputs.test.masks, data),
-    }
-    if torch_labels is not None and ctx.kernels != "torch":
-        columns["agrees_with_torch"] = float((labels == torch_labels).float().mean())
-    bar = tqdm(COST_MEASUREMENTS, desc=f"measure [{ctx.kernels}, {ctx.mode.label}]",
-               unit="phase", leave=False)
-    for measure in bar:
-        columns.update(measure(model, inputs, ctx))
-    return columns, labels
+                ) -> tuple[dict, dict[str, list[dict]], torch.Tensor]:
+    """The row's columns and tables (timing, sweep), and its test labels (the reference for
+    the triton row), with the model deployed in the row's mode. The cost measurements run
+    with this process's threads pinned to fixed cores."""
+    with deployed(model, ctx) as deployed_model:
+        scores, labels = accuracy(deployed_model, inputs.test, inputs.num_classes, ctx)
+        columns = {
+            "miou": scores["miou"], "mdice": scores["mdice"],
+            "pixel_accuracy": scores["pixel_accuracy"],
+            "iou_per_class": " ".join(map(str, scores["iou_per_class"])),
+            "dice_per_class": " ".join(map(str, scores["dice_per_class"])),
+            **boundary_columns(labels, inputs.test.masks, data),
+        }
+        if torch_labels is not None and ctx.kernels != "torch":
+            columns["agrees_with_torch"] = float((labels == torch_labels).float().mean())
+        tables: dict[str, list[dict]] = {}
+        bar = tqdm(COST_MEASUREMENTS, desc=f"measure [{ctx.kernels}, {ctx.mode.label}]",
+                   unit="phase", leave=False)
+        with pinned_cores(ctx.threads):
+            for measure in bar:
+                for name, value in measure(deployed_model, inputs, ctx).items():
+                    if isinstance(value, list):
+                        tables.setdefault(name, []).extend(value)
+                    else:
+                        columns[name] = value
+        if isinstance(deployed_model, Deployed):
+            columns["compile_s"] = deployed_model.compile_s
+    columns.update(row_verdict(tables.get("timing", []), columns))
+    return columns, tables, labels
 
 
 def boundary_columns(pred: torch.Tensor, target: torch.Tensor, data: PreparedDataset) -> dict:
@@ -207,6 +227,7 @@ def shared_manifest(cfg: RunConfig, data: PreparedDataset) -> dict:
                     "spacing_mm": data.spacing_mm, "description": data.description},
         "method": {
             "timer": "CUDA events" if device.type == "cuda" else "time.perf_counter",
+            "timing": method_description(),
             "memory": memory_method(device),
             "accuracy": "test split; IoU/Dice per class from one confusion matrix; mIoU and "
                         "mDice average the foreground classes; weights of the best val epoch",
@@ -307,3 +328,4 @@ def _first_line(cfg: RunConfig, units: list[Unit], todo: list[Unit], held: list[
     return (f"segbench: {total} row(s) from {len(units)} training(s), profile "
             f"{cfg.profile.name}, device {cfg.device}, kernels {cfg.kernels}; writing "
             f"{cfg.out_dir}{notes_text}")
+
