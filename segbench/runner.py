@@ -12,16 +12,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from segbench import results
+from segbench import results, weights
 from segbench.config import RunConfig, UsageError
 from segbench.data import PreparedDataset, load_dataset
 from segbench.errors import TrainingDiverged
-from segbench.grid import Unit, base_record, build_grid, resolve_variants, row_count
+from segbench.grid import Unit, base_record, build_grid, resolve_variants, row_count, rows_for
 from segbench.layers import set_kernels
 from segbench.measure.accuracy import accuracy, majority_baseline
 from segbench.measure.boundary import boundary_metrics
@@ -43,7 +44,7 @@ from segbench.measure.timing import method_description, row_verdict
 from segbench.measure.training_speed import training_speed
 from segbench.models import create_model
 from segbench.preflight import check_dataset_memory, check_models
-from segbench.store import check_folder, finished_keys, open_run_folder
+from segbench.store import RunFolder, check_folder, finished_keys, open_run_folder
 from segbench.train import fit
 
 NSD_TOLERANCE_PX = 1.0
@@ -307,7 +308,7 @@ def run(cfg: RunConfig, log: Callable[[str], None] = _print_line) -> Iterator[re
             ctx = UnitContext(cfg, loaded[split])
             folder.begin(shared_manifest(cfg, ctx.data), start_manifest(cfg))
             log(progress.line(unit))
-            trained = train_unit(unit, ctx)
+            trained = keep_weights(folder, cfg, unit, train_unit(unit, ctx), ctx.data)
             for record in measure_unit(unit, trained, ctx):
                 folder.append(record)
                 yield record
@@ -329,3 +330,56 @@ def _first_line(cfg: RunConfig, units: list[Unit], todo: list[Unit], held: list[
             f"{cfg.profile.name}, device {cfg.device}, kernels {cfg.kernels}; writing "
             f"{cfg.out_dir}{notes_text}")
 
+
+def keep_weights(folder: RunFolder, cfg: RunConfig, unit: Unit, trained: Trained,
+                 data: PreparedDataset) -> Trained:
+    """Write a unit's trained weights into the run folder (segbench.weights), before its rows,
+    when cfg says so; the rows then name the file (`weights_file`)."""
+    if trained.state is None or not weights.should_save(cfg, trained.state):
+        return trained
+    identity = weights.unit_identity(cfg, unit)
+    model = weights.model_config(unit.variant, data.num_classes, data.in_channels)
+    name = folder.write_weights(weights.file_name(identity), weights.encode(
+        study_of(cfg), identity, model, trained.facts, trained.history, trained.state))
+    return replace(trained, facts={**trained.facts, "weights_file": name})
+
+
+def _saved_unit_config(cfg: RunConfig, saved: weights.SavedUnit) -> RunConfig:
+    return replace(cfg, recipe=saved.identity["recipe"],
+                   pretrained=saved.identity["pretrained"] or None)
+
+
+def measure_saved(cfg: RunConfig, source: Path, saved: list[weights.SavedUnit],
+                  log: Callable[[str], None] = _print_line) -> Iterator[results.Record]:
+    """Measure saved trainings again, without training, as cfg's rows (device, kernels
+    backends, modes, threads, batch sweep) into cfg.out_dir: the source folder, or another one
+    for another device. A row whose key is already there is replaced by the new measurement
+    (the journal keeps both); every row names the weights file it was measured from."""
+    study = study_of(cfg)
+    check_folder(cfg.out_dir, study)
+    rows = rows_for(cfg)
+    todo = [(entry, entry.unit(rows)) for entry in saved]
+    first = todo[0][1]
+    loaded = {(first.split_seed, first.fold): load_unit_data(cfg, first)}
+    data = loaded[first.split_seed, first.fold]
+    weights.check_data(saved, data.num_classes, data.in_channels, cfg.dataset)
+    with open_run_folder(cfg.out_dir, study) as folder:
+        log(f"segbench: measuring {len(todo)} saved training(s) of {source} again, no "
+            f"training: {len(todo) * len(rows)} row(s), device {cfg.device}, kernels "
+            f"{cfg.kernels}, modes {' '.join(dict.fromkeys(r.mode.label for r in rows))}; "
+            f"writing {cfg.out_dir}")
+        for note in folder.notes:
+            log(note)
+        for entry, unit in todo:
+            split = (unit.split_seed, unit.fold)
+            if split not in loaded:
+                loaded = {split: load_unit_data(cfg, unit)}
+            ctx = UnitContext(_saved_unit_config(cfg, entry), loaded[split])
+            folder.begin(shared_manifest(cfg, ctx.data),
+                         {**start_manifest(cfg), "measured_from": str(source)})
+            log(f"segbench: {unit.label} from {entry.name}")
+            trained = Trained({**entry.payload["facts"], "weights_file": entry.name},
+                              entry.payload["state_dict"], entry.payload["history"])
+            for record in measure_unit(unit, trained, ctx):
+                folder.append(record)
+                yield record
