@@ -28,7 +28,7 @@ def scripted_rounds(monkeypatch, medians, thread_ns=(1_000_000, 0)):
     """measure_round returns rounds whose calls all take the next of `medians` ms."""
     queue = list(medians)
 
-    def fake(fn, device, calls):
+    def fake(fn, device, calls, before_each=None):
         return Round([queue.pop(0)] * calls, thread_ns)
 
     monkeypatch.setattr(timing, "measure_round", fake)
@@ -80,9 +80,10 @@ def test_unknown_thread_times_are_no_verdict(monkeypatch):
 
 
 def test_real_calls_are_timed_after_warmup():
-    calls = []
-    result = timed_rounds(lambda: calls.append(time.sleep(0.001)), CPU, warmup=2, calls=3)
-    assert len(calls) == 2 + 3 * (5 + result.remeasured)
+    calls, flushes = [], []
+    result = timed_rounds(lambda: calls.append(time.sleep(0.001)), CPU, warmup=2, calls=3,
+                          before_each=lambda: flushes.append(1))
+    assert len(calls) == 2 + 3 * (5 + result.remeasured) == 2 + len(flushes)
     assert 1.0 <= result.median_ms < 1000
     assert "load_1m" in result.before and "load_1m" in result.after
 

@@ -172,25 +172,28 @@ def off_rounds(rounds: list[Round], policy: TimingPolicy) -> list[int]:
     return sorted((i for i in off if off[i] > policy.tolerance), key=off.get, reverse=True)
 
 
-def measure_round(fn: Callable[[], object], device: torch.device, calls: int) -> Round:
+def measure_round(fn: Callable[[], object], device: torch.device, calls: int,
+                  before_each: Callable[[], object] | None = None) -> Round:
     before = conditions.thread_times_ns()
-    times = time_calls_ms(fn, device, warmup=0, repeats=calls)
+    times = time_calls_ms(fn, device, warmup=0, repeats=calls, before_each=before_each)
     return Round(times, conditions.thread_time_between(before, conditions.thread_times_ns()))
 
 
 def timed_rounds(fn: Callable[[], object], device: torch.device, warmup: int, calls: int,
-                 policy: TimingPolicy = POLICY) -> Timing:
+                 policy: TimingPolicy = POLICY,
+                 before_each: Callable[[], object] | None = None) -> Timing:
     """`warmup` untimed calls, then `policy.rounds` rounds of `calls` timed calls, rounds that
-    are off measured again (see the module docstring). The cores stated with the figure are
-    those the calling thread may run on: the pinned ones inside conditions.pinned_cores."""
+    are off measured again (see the module docstring); `before_each` as for time_calls_ms.
+    The cores stated with the figure are those the calling thread may run on: the pinned ones
+    inside conditions.pinned_cores."""
     cores = conditions.allowed_cores()
     before = conditions.snapshot(device, cores)
     for _ in range(warmup):
         fn()
-    rounds = [measure_round(fn, device, calls) for _ in range(policy.rounds)]
+    rounds = [measure_round(fn, device, calls, before_each) for _ in range(policy.rounds)]
     remeasured = 0
     while remeasured < policy.max_remeasured and (off := off_rounds(rounds, policy)):
-        rounds[off[0]] = measure_round(fn, device, calls)
+        rounds[off[0]] = measure_round(fn, device, calls, before_each)
         remeasured += 1
     return Timing(rounds, remeasured, policy, cores, before, conditions.snapshot(device, cores))
 
