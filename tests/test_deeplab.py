@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from segbench.layers import SeparableConv2d
+from segbench.layers import SeparableConv2d, set_kernels
 from segbench.measure.flops import count_params
 from segbench.models import create_model
 from segbench.models.backbones import ResNet, vgg16
@@ -27,7 +27,7 @@ SMALL_XCEPTION = dict(stem=(8, 16), entry=(16, 32, 64), middle_blocks=2,
 def _paper_model(name: str) -> nn.Module:
     """A paper default for counting only: built on the meta device, no memory, no init cost."""
     with torch.device("meta"):
-        return create_model(name, num_classes=21, in_channels=3, kernels="torch")
+        return create_model(name, num_classes=21, in_channels=3)
 
 
 def _atrous_rates(aspp: ASPP) -> tuple[int, ...]:
@@ -62,7 +62,7 @@ def test_v2_aspp_sums_four_class_score_branches():
 
 
 def test_v3plus_decoder_projects_stride4_features_to_48_channels():
-    model = create_model("deeplabv3plus-small", num_classes=3, kernels="torch").eval()
+    model = create_model("deeplabv3plus-small", num_classes=3).eval()
     seen = {}
     model.head.low_level.register_forward_hook(lambda m, i, o: seen.update(i=i[0], o=o))
     with torch.no_grad():
@@ -96,13 +96,13 @@ def test_xception65_layout():
     assert not any(isinstance(m, nn.MaxPool2d) for m in backbone.modules())
 
 
-def test_v3plus_separable_convs_all_carry_the_kernels_switch():
+def test_set_kernels_reaches_every_v3plus_separable_conv():
     # Xception-65: 3 entry + 16 middle + 2 exit blocks of 3 separable convs; ASPP 3; decoder 2.
     paper = _paper_model("deeplabv3plus")
     assert sum(isinstance(m, SeparableConv2d) for m in paper.modules()) == 63 + 3 + 2
     resnet = _paper_model("deeplabv3plus-resnet101")
     assert sum(isinstance(m, SeparableConv2d) for m in resnet.modules()) == 3 + 2
-    small = create_model("deeplabv3plus-small", num_classes=2, kernels="triton")
+    small = set_kernels(create_model("deeplabv3plus-small", num_classes=2), "triton")
     kernels = {m.kernels for m in small.modules() if isinstance(m, SeparableConv2d)}
     assert kernels == {"triton"}
 
@@ -136,7 +136,7 @@ def test_crf_keeps_a_thin_structure_only_where_the_image_shows_it(contrast, kept
 
 def test_crf_model_output_is_log_probability_in_eval_only():
     torch.manual_seed(0)
-    model = create_model("deeplabv1-small", num_classes=3, kernels="torch", crf=True)
+    model = create_model("deeplabv1-small", num_classes=3, crf=True)
     x = torch.randn(1, 1, 33, 41)
     with torch.no_grad():
         out = model.eval()(x)
@@ -168,7 +168,7 @@ def test_paper_defaults_match_published_parameter_counts(name, expected, toleran
 
 
 def test_load_pretrained_takes_torchvision_layout(tmp_path):
-    model = create_model("deeplabv1-small", num_classes=2, in_channels=3, kernels="torch")
+    model = create_model("deeplabv1-small", num_classes=2, in_channels=3)
     state = vgg16(in_channels=3, width_mult=1 / 8).state_dict()
     state["classifier.0.weight"] = torch.randn(4096, 8)  # torchvision's fc6: not DeepLab's
     torch.save(state, tmp_path / "vgg.pth")
@@ -176,7 +176,7 @@ def test_load_pretrained_takes_torchvision_layout(tmp_path):
     assert report.unexpected == ["classifier.0.weight"] and not report.missing
     torch.testing.assert_close(model.backbone.features[0].weight, state["features.0.weight"])
 
-    model = create_model("deeplabv2-small", num_classes=2, in_channels=1, kernels="torch")
+    model = create_model("deeplabv2-small", num_classes=2, in_channels=1)
     state = ResNet(50, 3, base_width=16, blocks=(1, 1, 1, 1)).state_dict()
     torch.save(state, tmp_path / "resnet.pth")
     report = model.load_pretrained(tmp_path / "resnet.pth")

@@ -14,7 +14,7 @@ them to the input size (any size, odd too). v1 and v2 can add their CRF post-pro
 - v3+: the v3 encoder with atrous depthwise-separable convs in ASPP, and a decoder: stride-4
   backbone features projected to 48 channels, concatenated with the x4 up-sampled encoder output,
   two 3x3 separable convs of 256, a classifier, x4 up-sampling. Every separable conv is
-  `segbench.layers.SeparableConv2d`, so `kernels="triton"` swaps in the fused kernel.
+  `segbench.layers.SeparableConv2d`, so `set_kernels(model, "triton")` swaps in the fused kernel.
 
 The CRF is a mean-field approximation of the fully connected CRF of Kraehenbuehl & Koltun (2011)
 restricted to a local window (see `MeanFieldCRF`); it is off by default and, like the papers'
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segbench.layers import ConvBNAct, SeparableConv2d
+from segbench.layers import ConvBNAct, SegmentationModel, SeparableConv2d, resize
 from segbench.models._registry import register_model
 from segbench.models.backbones import ResNet, load_backbone_state, vgg16
 from segbench.models.backbones.xception import AlignedXception
@@ -150,7 +150,7 @@ class ImagePooling(nn.Sequential):
         super().__init__(nn.AdaptiveAvgPool2d(1), ConvBNAct(in_channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(super().forward(x), x.shape[-2:], mode="bilinear", align_corners=False)
+        return resize(super().forward(x), x.shape[-2:])
 
 
 class ASPP(nn.Module):
@@ -158,9 +158,9 @@ class ASPP(nn.Module):
     Dropout 0.1 after the projection is the reference implementation's keep probability 0.9."""
 
     def __init__(self, in_channels: int, channels: int = 256, rates: Sequence[int] = V3_RATES_OS16,
-                 separable: bool = False, dropout: float = 0.1, kernels: str = "torch"):
+                 separable: bool = False, dropout: float = 0.1):
         super().__init__()
-        atrous = [SeparableConv2d(in_channels, channels, 3, dilation=r, kernels=kernels)
+        atrous = [SeparableConv2d(in_channels, channels, 3, dilation=r)
                   if separable else ConvBNAct(in_channels, channels, 3, dilation=r) for r in rates]
         self.branches = nn.ModuleList([ConvBNAct(in_channels, channels, 1), *atrous,
                                        ImagePooling(in_channels, channels)])
@@ -186,37 +186,35 @@ class DeepLabV3PlusHead(nn.Module):
 
     def __init__(self, in_channels: int, low_level_channels: int, num_classes: int,
                  channels: int = 256, rates: Sequence[int] = V3_RATES_OS16,
-                 low_level_projection: int = 48, kernels: str = "torch"):
+                 low_level_projection: int = 48):
         super().__init__()
-        self.aspp = ASPP(in_channels, channels, rates, separable=True, kernels=kernels)
+        self.aspp = ASPP(in_channels, channels, rates, separable=True)
         self.low_level = ConvBNAct(low_level_channels, low_level_projection, 1)
         self.fuse = nn.Sequential(
-            SeparableConv2d(channels + low_level_projection, channels, 3, kernels=kernels),
-            SeparableConv2d(channels, channels, 3, kernels=kernels),
+            SeparableConv2d(channels + low_level_projection, channels, 3),
+            SeparableConv2d(channels, channels, 3),
         )
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         low_level = self.low_level(features[0])
-        x = F.interpolate(self.aspp(features[-1]), low_level.shape[-2:], mode="bilinear",
-                          align_corners=False)
+        x = resize(self.aspp(features[-1]), low_level.shape[-2:])
         return self.classifier(self.fuse(torch.cat([x, low_level], dim=1)))
 
 
 # --- model ----------------------------------------------------------------------------------
 
-class DeepLab(nn.Module):
+class DeepLab(SegmentationModel):
     """backbone -> head -> bilinear up-sampling to the input size (-> CRF, in eval mode)."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, crf: MeanFieldCRF | None = None,
                  pretrained_prefix_map: dict[str, str] | None = None):
-        super().__init__()
-        self.backbone, self.head, self.crf = backbone, head, crf
+        super().__init__(backbone, head)
+        self.crf = crf
         self.pretrained_prefix_map = pretrained_prefix_map
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = F.interpolate(self.head(self.backbone(x)), x.shape[-2:], mode="bilinear",
-                               align_corners=False)
+        logits = super().forward(x)
         if self.crf is not None and not self.training:
             logits = self.crf(logits, x)
         return logits
@@ -257,9 +255,9 @@ def deeplab_v3(num_classes: int, in_channels: int = 1, output_stride: int = 16,
 
 
 def deeplab_v3plus(num_classes: int, backbone: nn.Module, channels: int = 256,
-                   rates_at_os16: Sequence[int] = V3_RATES_OS16, kernels: str = "torch") -> DeepLab:
+                   rates_at_os16: Sequence[int] = V3_RATES_OS16) -> DeepLab:
     head = DeepLabV3PlusHead(backbone.channels[-1], backbone.channels[0], num_classes, channels,
-                             _v3_rates(backbone.strides[-1], rates_at_os16), kernels=kernels)
+                             _v3_rates(backbone.strides[-1], rates_at_os16))
     return DeepLab(backbone, head)
 
 
@@ -278,26 +276,26 @@ def _small(rates: Sequence[int]) -> tuple[int, ...]:
 
 @register_model("deeplabv1", paper_input_size=513, default=True,
                 description="DeepLab v1 LargeFOV: VGG16 OS8, fc6 3x3 rate 12 x1024 (paper)")
-def deeplabv1(num_classes, in_channels=1, kernels="torch", **kw):
+def deeplabv1(num_classes, in_channels=1, **kw):
     return deeplab_v1(num_classes, in_channels, **kw)
 
 
 @register_model("deeplabv1-small", paper_input_size=513, cpu=True,
                 description="DeepLab v1 LargeFOV, VGG16 at 1/8 width, fc 128, rate 2 (CPU variant)")
-def deeplabv1_small(num_classes, in_channels=1, kernels="torch", **kw):
+def deeplabv1_small(num_classes, in_channels=1, **kw):
     return deeplab_v1(num_classes, in_channels, width_mult=1 / 8, fc_channels=128,
                       rate=LARGEFOV_RATE // SMALL_RATE_DIVISOR, **kw)
 
 
 @register_model("deeplabv2", paper_input_size=513, default=True,
                 description="DeepLab v2: ResNet-101 OS8, ASPP-L rates 6/12/18/24 (paper)")
-def deeplabv2(num_classes, in_channels=1, kernels="torch", **kw):
+def deeplabv2(num_classes, in_channels=1, **kw):
     return deeplab_v2(num_classes, in_channels, depth=101, **kw)
 
 
 @register_model("deeplabv2-small", paper_input_size=513, cpu=True,
                 description="DeepLab v2: ResNet width 16, 1 block/stage, OS8, rates 1/2/3/4 (CPU)")
-def deeplabv2_small(num_classes, in_channels=1, kernels="torch", **kw):
+def deeplabv2_small(num_classes, in_channels=1, **kw):
     return deeplab_v2(num_classes, in_channels, rates=_small(V2_RATES), depth=50, base_width=16,
                       blocks=(1, 1, 1, 1), **kw)
 
@@ -306,25 +304,25 @@ def deeplabv2_small(num_classes, in_channels=1, kernels="torch", **kw):
 # OS8 is an evaluation-time option that costs ~4x the ASPP and layer4 FLOPs for ~1 point).
 @register_model("deeplabv3", paper_input_size=513, default=True,
                 description="DeepLab v3: ResNet-101 OS16, ASPP 6/12/18 + image pooling (paper)")
-def deeplabv3(num_classes, in_channels=1, kernels="torch", **kw):
+def deeplabv3(num_classes, in_channels=1, **kw):
     return deeplab_v3(num_classes, in_channels, output_stride=16, depth=101, **kw)
 
 
 @register_model("deeplabv3-resnet50", paper_input_size=513,
                 description="DeepLab v3: ResNet-50 OS16")
-def deeplabv3_resnet50(num_classes, in_channels=1, kernels="torch", **kw):
+def deeplabv3_resnet50(num_classes, in_channels=1, **kw):
     return deeplab_v3(num_classes, in_channels, output_stride=16, depth=50, **kw)
 
 
 @register_model("deeplabv3-os8", paper_input_size=513,
                 description="DeepLab v3: ResNet-101 OS8, ASPP 12/24/36")
-def deeplabv3_os8(num_classes, in_channels=1, kernels="torch", **kw):
+def deeplabv3_os8(num_classes, in_channels=1, **kw):
     return deeplab_v3(num_classes, in_channels, output_stride=8, depth=101, **kw)
 
 
 @register_model("deeplabv3-small", paper_input_size=513, cpu=True,
                 description="DeepLab v3: ResNet width 16, 1 block/stage, OS16, ASPP 64 (CPU)")
-def deeplabv3_small(num_classes, in_channels=1, kernels="torch", **kw):
+def deeplabv3_small(num_classes, in_channels=1, **kw):
     return deeplab_v3(num_classes, in_channels, output_stride=16, channels=64,
                       rates_at_os16=_small(V3_RATES_OS16), depth=50, base_width=16,
                       blocks=(1, 1, 1, 1), **kw)
@@ -332,22 +330,21 @@ def deeplabv3_small(num_classes, in_channels=1, kernels="torch", **kw):
 
 @register_model("deeplabv3plus", paper_input_size=513, default=True,
                 description="DeepLab v3+: Aligned Xception-65 OS16, sep. ASPP + decoder (paper)")
-def deeplabv3plus(num_classes, in_channels=1, kernels="torch", **kw):
-    backbone = AlignedXception(in_channels, output_stride=16, kernels=kernels)
-    return deeplab_v3plus(num_classes, backbone, kernels=kernels, **kw)
+def deeplabv3plus(num_classes, in_channels=1, **kw):
+    backbone = AlignedXception(in_channels, output_stride=16)
+    return deeplab_v3plus(num_classes, backbone, **kw)
 
 
 @register_model("deeplabv3plus-resnet101", paper_input_size=513,
                 description="DeepLab v3+: ResNet-101 OS16, separable ASPP + decoder")
-def deeplabv3plus_resnet101(num_classes, in_channels=1, kernels="torch", **kw):
-    return deeplab_v3plus(num_classes, ResNet(101, in_channels, output_stride=16),
-                          kernels=kernels, **kw)
+def deeplabv3plus_resnet101(num_classes, in_channels=1, **kw):
+    return deeplab_v3plus(num_classes, ResNet(101, in_channels, output_stride=16), **kw)
 
 
 @register_model("deeplabv3plus-small", paper_input_size=513, cpu=True,
                 description="DeepLab v3+: small Aligned Xception (2 middle blocks), OS16 (CPU)")
-def deeplabv3plus_small(num_classes, in_channels=1, kernels="torch", **kw):
+def deeplabv3plus_small(num_classes, in_channels=1, **kw):
     backbone = AlignedXception(in_channels, output_stride=16, stem=(8, 16), entry=(16, 32, 64),
-                               middle_blocks=2, exit_widths=(96, 128, 128, 160), kernels=kernels)
+                               middle_blocks=2, exit_widths=(96, 128, 128, 160))
     return deeplab_v3plus(num_classes, backbone, channels=64,
-                          rates_at_os16=_small(V3_RATES_OS16), kernels=kernels, **kw)
+                          rates_at_os16=_small(V3_RATES_OS16), **kw)

@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from segbench.layers import ConvBNAct
+from segbench.layers import ConvBNAct, SegmentationModel, resize
 from segbench.models._registry import register_model
 from segbench.models.backbones._pretrained import LoadReport
 from segbench.models.backbones.mit import MIT_CONFIGS, MixVisionTransformer
@@ -42,31 +41,23 @@ class SegFormerHead(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         size = feats[0].shape[-2:]
-        maps = [F.interpolate(mlp(f), size=size, mode="bilinear", align_corners=False)
-                if f.shape[-2:] != size else mlp(f)
+        maps = [resize(mlp(f), size) if f.shape[-2:] != size else mlp(f)
                 for f, mlp in zip(feats, self.linear_c, strict=True)]
         x = self.linear_fuse(torch.cat(maps[::-1], dim=1))
         return self.linear_pred(self.dropout(x))
 
 
-class SegFormer(nn.Module):
+class SegFormer(SegmentationModel):
     def __init__(self, num_classes: int, in_channels: int = 1, variant: str = "b0",
                  decoder_dim: int = 256, drop_path: float = 0.1):
-        super().__init__()
-        self.backbone = MixVisionTransformer(in_channels, drop_path=drop_path,
-                                             **MIT_CONFIGS[variant])
-        self.decode_head = SegFormerHead(self.backbone.dims, decoder_dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.decode_head(self.backbone(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        backbone = MixVisionTransformer(in_channels, drop_path=drop_path, **MIT_CONFIGS[variant])
+        super().__init__(backbone, SegFormerHead(backbone.dims, decoder_dim, num_classes))
 
     def load_pretrained(self, path: str | Path) -> LoadReport:
         return self.backbone.load_pretrained(path)
 
-
 def _segformer(variant: str, decoder_dim: int):
-    def build(num_classes, in_channels=1, kernels="torch", **kw):
+    def build(num_classes, in_channels=1, **kw):
         return SegFormer(num_classes, in_channels, variant=variant, decoder_dim=decoder_dim, **kw)
 
     return build
