@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from segbench import results
 from segbench.config import RunConfig, UsageError
 from segbench.data import PreparedDataset, load_dataset
+from segbench.layers import set_kernels, switch_kernels
 from segbench.measure.accuracy import accuracy, majority_baseline
 from segbench.measure.boundary import boundary_metrics
 from segbench.measure.device import device_facts
@@ -45,11 +46,6 @@ def resolve_variants(names: tuple[str, ...], small: bool) -> list[ModelSpec]:
             raise UsageError(str(e)) from None
         specs.append(spec)
     return specs
-
-
-def uses_kernels(model: nn.Module) -> bool:
-    """Whether any layer of the model has a Triton path (a `kernels` attribute)."""
-    return any(hasattr(m, "kernels") for m in model.modules())
 
 
 def backends_for(cfg: RunConfig) -> list[str]:
@@ -89,7 +85,7 @@ def preflight(specs: list[ModelSpec], data: PreparedDataset, cfg: RunConfig) -> 
     size = cfg.profile.image_size
     device = torch.device(cfg.device)
     for spec in specs:
-        model = create_model(spec.name, data.num_classes, data.in_channels, kernels="torch")
+        model = create_model(spec.name, data.num_classes, data.in_channels)
         model = model.to(device)
         try:
             with torch.no_grad():
@@ -185,7 +181,8 @@ def measure_variant(spec: ModelSpec, records: list[results.Record],
     torch_pred = None
     for record in records:
         try:
-            measured, pred = measure_backend(spec, model, record.kernels, ctx, torch_pred)
+            with switch_kernels(model, record.kernels):
+                measured, pred = measure_backend(spec, model, record.kernels, ctx, torch_pred)
         except Exception as e:  # noqa: BLE001
             yield failure(record, e, ctx)
             continue
@@ -211,7 +208,8 @@ def train_variant(spec: ModelSpec, ctx: Context) -> tuple[nn.Module, dict]:
     torch.manual_seed(ctx.cfg.seed)
     train_backend = "torch" if ctx.cfg.kernels == "both" else backends_for(ctx.cfg)[0]
     model = create_model(spec.name, ctx.data.num_classes, ctx.data.in_channels,
-                         kernels=train_backend, pretrained=ctx.cfg.pretrained).to(ctx.device)
+                         pretrained=ctx.cfg.pretrained).to(ctx.device)
+    set_kernels(model, train_backend)
     image_shape = (ctx.data.in_channels, ctx.cfg.profile.image_size, ctx.cfg.profile.image_size)
     flops = count_flops(model, torch.randn(1, *image_shape, device=ctx.device))
     outcome = fit(model, ctx.data, ctx.cfg.profile, ctx.device, ctx.cfg.seed, desc=spec.name)
@@ -227,20 +225,10 @@ def train_variant(spec: ModelSpec, ctx: Context) -> tuple[nn.Module, dict]:
     }
 
 
-def with_backend(spec: ModelSpec, model: nn.Module, backend: str, ctx: Context) -> nn.Module:
-    """The trained model, or a copy of its weights in a model built for another backend."""
-    if not uses_kernels(model) or all(getattr(m, "kernels", backend) == backend
-                                      for m in model.modules()):
-        return model
-    twin = create_model(spec.name, ctx.data.num_classes, ctx.data.in_channels, kernels=backend)
-    twin.load_state_dict(model.state_dict())
-    return twin.to(ctx.device)
-
-
-def measure_backend(spec: ModelSpec, trained: nn.Module, backend: str, ctx: Context,
+def measure_backend(spec: ModelSpec, model: nn.Module, backend: str, ctx: Context,
                     torch_pred: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
+    """Measure `model`, already switched to `backend`."""
     profile, device, amp = ctx.cfg.profile, ctx.device, ctx.amp
-    model = with_backend(spec, trained, backend, ctx)
     image_shape = (ctx.data.in_channels, profile.image_size, profile.image_size)
     test = ctx.data.splits["test"]
     phases = tqdm(total=5, desc=f"{spec.name} [{backend}] measure", unit="phase", leave=False)
