@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision_layouts
 
 from segbench.layers import set_kernels
 from segbench.measure.flops import count_params
@@ -181,3 +182,28 @@ def test_paper_default_parameter_counts(name, classes, published, tol):
 
 def test_resnet50_backbone_parameter_count():
     assert abs(count_params(resnet50(in_channels=3)) / 1e6 - 23.508) < 0.001
+
+
+@pytest.mark.parametrize("aux_head", [False, True])
+def test_fcn_resnet50_loads_a_whole_torchvision_checkpoint(tmp_path, aux_head):
+    # torchvision fcn_resnet50's layout at 1/8 width: layer3 128, layer4 256 channels
+    layout = torchvision_layouts.resnet("backbone.", blocks=(1, 1, 1, 1), width=8)
+    layout |= torchvision_layouts.fcn_head("classifier.", 256, 3)
+    layout |= torchvision_layouts.fcn_head("aux_classifier.", 128, 3)
+    state = torchvision_layouts.random_state(layout)
+    torch.save(state, tmp_path / "fcn.pth")
+    model = create_model("fcn-resnet50", 3, in_channels=3, base_width=8, blocks=(1, 1, 1, 1),
+                         aux_head=aux_head)
+    report = model.load_pretrained(tmp_path / "fcn.pth", verbose=False)
+    sources = torchvision_layouts.source_of_every_tensor(model, state)
+    assert None not in sources.values() and report.missing == [] and report.mismatched == []
+    aux_keys = sorted(k for k in state if k.startswith("aux_classifier."))
+    assert sorted(report.unexpected) == ([] if aux_head else aux_keys)
+    assert sources["head.0.1.running_mean"] == "classifier.1.running_mean"
+    assert sources["head.2.weight"] == "classifier.4.weight"
+
+
+def test_fcn_resnet50_with_aux_head_is_torchvision_fcn_resnet50():
+    with torch.device("meta"):
+        model = create_model("fcn-resnet50", 21, in_channels=3, aux_head=True)
+    assert count_params(model) == 35_322_218

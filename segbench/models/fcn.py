@@ -9,8 +9,11 @@ Stated departure: the original pads the input by 100 px and crops the score maps
 here fc6 is padded ("same"), the input is zero-padded on the bottom/right to a multiple of 32,
 and the output is cropped back, so output = input size for any size.
 
-`fcn-resnet50` is the torchvision/mmseg-style FCN: dilated ResNet-50 at output stride 8, a head of
-3x3 conv 512 + BN + ReLU + dropout 0.1 + 1x1 classifier, bilinear up-sampling to the input size.
+`fcn-resnet50` is torchvision's `fcn_resnet50`: dilated ResNet-50 at output stride 8, a head of
+3x3 conv 512 + BN + ReLU + dropout 0.1 + 1x1 classifier, bilinear up-sampling to the input size;
+`aux_head=True` adds torchvision's auxiliary FCN head on layer3 (loss weight 0.5). It loads a
+torchvision ResNet-50 file into the backbone, or a whole torchvision `fcn_resnet50` checkpoint
+(`backbone.*`, `classifier.*`, `aux_classifier.*`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import nn
 from segbench.layers import ConvBNAct, SegmentationModel
 from segbench.models._registry import register_model
 from segbench.models.backbones import load_backbone_state, resnet50, vgg16
+from segbench.models.backbones._pretrained import load_backbone_or_model
 
 # torchvision vgg16 keys -> FCN keys; fc6/fc7 Linear weights are reshaped into the convs.
 VGG_PREFIX_MAP = {"features.": "backbone.features.", "classifier.0.": "fc6.",
@@ -82,8 +86,8 @@ class FCNVGG(nn.Module):
 
 class FCNHead(nn.Sequential):
     """3x3 conv + BN + ReLU + dropout + 1x1 classifier on the feature map `in_index` of the
-    backbone's list (torchvision FCNHead; also PSPNet's head and aux head, and Swin-UPerNet's aux
-    head, which re-initialises the classifier)."""
+    backbone's list (torchvision FCNHead; also PSPNet's head and aux head, DeepLab v3's
+    torchvision aux head, and Swin-UPerNet's aux head, which re-initialises the classifier)."""
 
     def __init__(self, in_channels: int, mid_channels: int, num_classes: int, dropout: float = 0.1,
                  in_index: int = -1):
@@ -95,20 +99,39 @@ class FCNHead(nn.Sequential):
         return super().forward(features[self.in_index])
 
 
-RESNET_LAYER3 = 2  # index of layer3 in the ResNet feature list (auxiliary heads read it)
+def torchvision_fcn_head_map(source: str, target: str) -> dict[str, str]:
+    """Key prefixes of a torchvision FCNHead (conv 0, BN 1, ReLU, dropout, classifier 4) under
+    `source` -> those of an FCNHead under `target`."""
+    return {f"{source}0.": f"{target}0.0.", f"{source}1.": f"{target}0.1.",
+            f"{source}4.": f"{target}2."}
+
+
+TORCHVISION_AUX_WEIGHT = 0.5  # torchvision's segmentation reference recipe: loss + 0.5 * aux
+TORCHVISION_AUX_MAP = torchvision_fcn_head_map("aux_classifier.", "aux_heads.0.")
+RESNET_LAYER3 = 2  # index of layer3 in the ResNet feature list, where torchvision's aux reads
+
+
+def torchvision_aux_head(backbone: nn.Module, num_classes: int) -> FCNHead:
+    """torchvision's auxiliary FCN head on a ResNet's layer3."""
+    channels = backbone.channels[RESNET_LAYER3]
+    return FCNHead(channels, channels // 4, num_classes, in_index=RESNET_LAYER3)
 
 
 class FCNResNet(SegmentationModel):
     def __init__(self, num_classes: int, in_channels: int = 1, base_width: int = 64,
-                 blocks=None, output_stride: int = 8):
+                 blocks=None, output_stride: int = 8, aux_head: bool = False):
         backbone = resnet50(in_channels=in_channels, output_stride=output_stride,
                             base_width=base_width, blocks=blocks)
         channels = backbone.channels[3]
-        super().__init__(backbone, FCNHead(channels, channels // 4, num_classes))
+        head = FCNHead(channels, channels // 4, num_classes)
+        aux = [torchvision_aux_head(backbone, num_classes)] if aux_head else []
+        super().__init__(backbone, head, aux, aux_weight=TORCHVISION_AUX_WEIGHT)
 
-    def load_pretrained(self, path):
-        """Load a torchvision resnet50 state_dict file into the backbone (its fc is unexpected)."""
-        return load_backbone_state(self.backbone, path)
+    def load_pretrained(self, path, verbose: bool = True):
+        """A torchvision resnet50 file into the backbone (its fc is unexpected), or a whole
+        torchvision fcn_resnet50 checkpoint into the model."""
+        head_map = torchvision_fcn_head_map("classifier.", "head.") | TORCHVISION_AUX_MAP
+        return load_backbone_or_model(self, path, head_map, verbose=verbose)
 
 
 @register_model("fcn-8s", paper_input_size=500, default=True,
