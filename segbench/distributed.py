@@ -208,7 +208,9 @@ class RayExecutor:
         options = {"log_to_driver": False, "logging_level": logging.ERROR}
         if self.address is None:  # the local workers inherit this environment
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
-            self._ray.init(include_dashboard=False, resources={BENCH: 1},
+            # "local": a new Ray of our own, even where RAY_ADDRESS or a cluster started here
+            # (or one that died and left its address behind) would be joined otherwise
+            self._ray.init(address="local", include_dashboard=False, resources={BENCH: 1},
                            **self._local_resources(cfg), **options)
             return
         env = {name: os.environ[name] for name in PASSED_ON_ENV if name in os.environ}

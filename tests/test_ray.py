@@ -31,12 +31,12 @@ sys.exit(segbench.cli.main(sys.argv[1:]))
 TRAINING_TASK = "ray::train_on_worker"  # a worker's process title while it trains
 
 
-def start(tmp_path, name, *args, code=None):
+def start(tmp_path, name, *args, code=None, env=None):
     """A segbench process, leader of a new session, its output in files."""
     command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "segbench.cli"]
     with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
         return subprocess.Popen([*command, *args], stdout=out, stderr=err,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, **(env or {})})
 
 
 def stderr_of(tmp_path, name):
@@ -130,7 +130,9 @@ def test_ray_rows_equal_in_process_rows_though_a_worker_is_killed(in_process, tm
 def test_ctrl_c_cancels_the_ray_tasks_and_keeps_the_folder(tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "out"
-    driver = start(tmp_path, "run", *SMOKE, "--arch", "fcn", "--workers", "1", "--out", str(out))
+    # --workers starts a Ray of its own, even where RAY_ADDRESS names another one
+    driver = start(tmp_path, "run", *SMOKE, "--arch", "fcn", "--workers", "1", "--out", str(out),
+                   env={"RAY_ADDRESS": "127.0.0.1:1"})
     try:
         wait_for_task(driver, TRAINING_TASK)
         os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
