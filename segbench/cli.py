@@ -25,6 +25,8 @@ examples:
   segbench run --arch fcn,unet --seeds 0,1,2     three trainings of each, one row per seed
   segbench run --arch deeplabv3plus --kernels both --device cuda
                                                  torch and Triton rows on the same weights
+  segbench run --arch all --seeds 0,1,2 --workers 4
+                                                 four trainings at a time on a local Ray
   segbench report runs/a runs/b                  one table and an accuracy-latency plot
   segbench data check brain-tissue               validate a dataset and summarise it
 """
@@ -112,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pretrained", help="local state_dict of the backbone (no downloads)")
     run.add_argument("--force", action="store_true",
                      help="run a gpu profile on a CPU, or past the memory estimate")
+    ray = run.add_mutually_exclusive_group()
+    ray.add_argument("--workers", type=int, metavar="N",
+                     help="run the trainings N at a time on a local Ray (N GPUs with CUDA, N x "
+                     "--threads CPUs otherwise; one timing at a time); needs "
+                     "pip install 'segbench[ray]'")
+    ray.add_argument("--ray-address", metavar="ADDR|auto",
+                     help="run on the Ray cluster at ADDR (auto: the one started on this "
+                     "machine), each node started with ray start --resources='{\"bench\": 1}'")
 
     report = commands.add_parser("report", help="merge run folders into one table and a plot")
     report.add_argument("folders", nargs="+", type=Path)
@@ -229,14 +239,24 @@ def run_config(args) -> RunConfig:
     return replace(cfg, out_dir=args.out or default_out(cfg))
 
 
+def executor_for(args, device: str):
+    """None (in process) unless --workers or --ray-address asks for Ray."""
+    if args.workers is None and args.ray_address is None:
+        return None
+    from segbench.distributed import RayExecutor
+
+    return RayExecutor(device, workers=args.workers, address=args.ray_address)
+
+
 def command_run(args) -> int:
     from tqdm.auto import tqdm
 
     from segbench.runner import run
 
     cfg = run_config(args)
+    executor = executor_for(args, cfg.device)
     try:
-        for record in run(cfg):
+        for record in run(cfg, executor=executor):
             outcome = (f"mDice {record.mdice:.3f}, {record.latency_ms:.1f} ms"
                        if record.status == "ok" else f"{record.status}: {record.reason}")
             tqdm.write(f"  {record.variant} [{record.kernels}, {record.mode}] seed "

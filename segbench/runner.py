@@ -1,17 +1,23 @@
 """Runs the grid: train each unit, measure its rows, hand every record to the one writer.
 
 `train_unit` and `measure_unit` are pure: plain data in, records out, nothing written, no
-global state beyond torch's thread count; `run` is the in-process executor that calls them in
-order. A failure, an out-of-memory or a diverged training becomes a recorded row and the run
-goes on; rows already finished in the output folder are skipped, so re-running the same
-command resumes.
+global state beyond torch's thread count. `run` checks the grid, then an executor calls them:
+`InProcess` (the default) one unit after another here, or `segbench.distributed.RayExecutor`
+on Ray workers; either way the records come back to `run`, the folder's only writer. A
+failure, an out-of-memory or a diverged training becomes a recorded row and the run goes on;
+rows already finished in the output folder are skipped, so re-running the same command
+resumes.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -26,7 +32,7 @@ from segbench.layers import set_kernels
 from segbench.measure.accuracy import accuracy, majority_baseline
 from segbench.measure.boundary import boundary_metrics
 from segbench.measure.context import MeasureContext, MeasureInputs
-from segbench.measure.device import device_facts
+from segbench.measure.device import cpu_name, device_facts
 from segbench.measure.flops import count_flops, count_params
 from segbench.measure.latency import latency
 from segbench.measure.memory import (
@@ -76,6 +82,22 @@ def load_unit_data(cfg: RunConfig, unit: Unit, image_size: int | None = None) ->
                          "lacks")
     return load_dataset(cfg.dataset, image_size or cfg.profile.image_size, unit.split_seed,
                         cfg.cache_dir)
+
+
+class SplitData:
+    """The prepared data of the last split asked for: consecutive units share their split."""
+
+    def __init__(self) -> None:
+        self._split: tuple | None = None
+        self._data: PreparedDataset | None = None
+
+    def of(self, cfg: RunConfig, unit: Unit) -> PreparedDataset:
+        split = (unit.split_seed, unit.fold)
+        if split != self._split or self._data is None:
+            self._data = None  # let the previous split go before preparing the next
+            self._data = load_unit_data(cfg, unit)
+            self._split = split
+        return self._data
 
 
 def failure_status(error: BaseException) -> str:
@@ -155,6 +177,36 @@ def measure_unit(unit: Unit, trained: Trained, ctx: UnitContext) -> list[results
     return records
 
 
+def placement(device: torch.device) -> tuple[str, str]:
+    """Where this process computes: its host (and physical GPU), and the device's name."""
+    host = socket.gethostname()
+    if device.type != "cuda":
+        return host, cpu_name()
+    index = torch.cuda.current_device() if device.index is None else device.index
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")  # Ray sets it per task
+    physical = visible[index] if index < len(visible) and visible[index] else str(index)
+    return f"{host} GPU {physical}", torch.cuda.get_device_name(index)
+
+
+def train_placed(unit: Unit, ctx: UnitContext) -> Trained:
+    """`train_unit`, with the place it trained on among the facts of its rows."""
+    trained = train_unit(unit, ctx)
+    trained.facts["trained_on"] = placement(torch.device(ctx.cfg.device))[0]
+    return trained
+
+
+def measure_placed(unit: Unit, trained: Trained, ctx: UnitContext,
+                   ray_node: str = "") -> list[results.Record]:
+    """`measure_unit`, each row saying where it was measured: host (and GPU), the device's
+    name and the Ray node id (empty in process)."""
+    measured_on, device_name = placement(torch.device(ctx.cfg.device))
+    records = measure_unit(unit, trained, ctx)
+    for record in records:
+        record.update({"measured_on": measured_on, "device_name": device_name,
+                       "ray_node": ray_node})
+    return records
+
+
 def measure_inputs(data: PreparedDataset, cfg: RunConfig) -> MeasureInputs:
     train, batch = data.splits["train"], cfg.profile.batch_size
     return MeasureInputs(
@@ -218,10 +270,11 @@ def shared_manifest(cfg: RunConfig, data: PreparedDataset) -> dict:
     }
 
 
-def start_manifest(cfg: RunConfig) -> dict:
-    """What run.json says about one start: its full configuration and environment."""
+def start_manifest(cfg: RunConfig, executor: dict) -> dict:
+    """What run.json says about one start: its configuration, environment and executor."""
     return {"config": cfg.to_json(),
-            "environment": results.environment(device_facts(torch.device(cfg.device)))}
+            "environment": results.environment(device_facts(torch.device(cfg.device))),
+            "executor": executor}
 
 
 class Progress:
@@ -258,39 +311,65 @@ def pending_units(cfg: RunConfig, units: list[Unit], finished: set[tuple]) -> li
     return [unit for unit in pending if unit.rows]
 
 
-def run(cfg: RunConfig, log: Callable[[str], None] = _print_line) -> Iterator[results.Record]:
-    """Check everything, then train and measure each unit not yet finished in cfg.out_dir,
-    yielding each record once it is written."""
+class Executor(Protocol):
+    """Runs units and hands their records back; `run` writes them."""
+
+    def started(self, cfg: RunConfig) -> AbstractContextManager[dict]:
+        """Holds the executor's resources (a Ray connection) for the block; gives what
+        run.json records about it. Raises UsageError when it cannot start."""
+
+    def records(self, cfg: RunConfig, units: list[Unit], data: SplitData,
+                log: Callable[[str], None]) -> Iterator[results.Record]:
+        """Every row of every unit, as each is done, in any order."""
+
+
+class InProcess:
+    """The default executor: each unit in this process, one after another."""
+
+    @contextmanager
+    def started(self, cfg: RunConfig) -> Iterator[dict]:
+        yield {"name": "in-process"}
+
+    def records(self, cfg: RunConfig, units: list[Unit], data: SplitData,
+                log: Callable[[str], None]) -> Iterator[results.Record]:
+        progress = Progress(len(units))
+        for unit in units:
+            ctx = UnitContext(cfg, data.of(cfg, unit))
+            log(progress.line(unit))
+            yield from measure_placed(unit, train_placed(unit, ctx), ctx)
+            progress.done += 1
+
+
+def run(cfg: RunConfig, log: Callable[[str], None] = _print_line,
+        executor: Executor | None = None) -> Iterator[results.Record]:
+    """Check everything, then let the executor train and measure each unit not yet finished
+    in cfg.out_dir, writing and yielding each record as it comes back."""
+    executor = executor or InProcess()
     units = build_grid(cfg)
     study = study_of(cfg)
     check_folder(cfg.out_dir, study)
-    loaded: dict[tuple, PreparedDataset] = {}
+    data = SplitData()
     todo = pending_units(cfg, units, finished_keys(cfg.out_dir))
     if todo:
         first = todo[0]
         check_dataset_memory(cfg, lambda size: load_unit_data(cfg, first, size))
-        loaded[first.split_seed, first.fold] = load_unit_data(cfg, first)
         specs = resolve_variants(tuple(dict.fromkeys(u.variant for u in todo)),
                                  cfg.profile.small_models)
-        check_models(specs, loaded[first.split_seed, first.fold], cfg)
-    with open_run_folder(cfg.out_dir, study) as folder:
+        check_models(specs, data.of(cfg, first), cfg)
+    # started before the folder is touched: an executor that cannot start is bad input
+    with executor.started(cfg) if todo else nullcontext() as described, \
+            open_run_folder(cfg.out_dir, study) as folder:
         todo = pending_units(cfg, units, folder.finished_keys())
         log(_first_line(cfg, units, todo, folder.rows()))
         for note in folder.notes:
             log(note)
-        progress = Progress(len(todo))
-        for unit in todo:
-            split = (unit.split_seed, unit.fold)
-            if split not in loaded:
-                loaded = {split: load_unit_data(cfg, unit)}
-            ctx = UnitContext(cfg, loaded[split])
-            folder.begin(shared_manifest(cfg, ctx.data), start_manifest(cfg))
-            log(progress.line(unit))
-            trained = train_unit(unit, ctx)
-            for record in measure_unit(unit, trained, ctx):
+        if not todo:
+            return
+        folder.begin(shared_manifest(cfg, data.of(cfg, todo[0])), start_manifest(cfg, described))
+        with closing(executor.records(cfg, todo, data, log)) as records:
+            for record in records:
                 folder.append(record)
                 yield record
-            progress.done += 1
 
 
 def _first_line(cfg: RunConfig, units: list[Unit], todo: list[Unit], held: list[dict]) -> str:
