@@ -50,8 +50,13 @@ def summarize(spec: str, image_size: int, seed: int, cache_dir: Path | None = No
                                            fold=fold)
     first = dataset.splits["train"].images
     split = f"seed {seed}" + (f", fold {fold} of {folds}" if folds > 1 else "")
+    if cache_state.startswith("rebuilt"):  # never "checks passed" next to a broken cache
+        verdict = (f"{cache_state.replace('rebuilt: ', 'rebuilt from its sources, because ')}"
+                   "; the rebuilt data passes every check")
+    else:
+        verdict = f"checks passed (data {cache_state})"
     lines = [
-        f"dataset {dataset.name}: checks passed (data {cache_state})",
+        f"dataset {dataset.name}: {verdict}",
         f"  {dataset.description}",
         f"image size {image_size} px, {dataset.in_channels} channel(s), {first.dtype}; "
         f"split {split}; pixel spacing {_spacing_text(dataset)}",
