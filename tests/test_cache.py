@@ -179,3 +179,21 @@ def test_allocation_failure_while_preparing_is_a_clear_memory_error(counting_dat
     assert type(error.value) is MemoryError and "\n" not in message
     assert "out of memory while preparing" in message and "about 5.0 GiB" in message
     assert "smaller --image-size" in message
+
+
+def test_a_full_disk_costs_the_cache_not_the_load(counting_dataset, monkeypatch, capsys):
+    import errno
+
+    _, builds, cache = counting_dataset
+
+    def full_disk(obj, path):
+        path.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_file.torch, "save", full_disk)
+    dataset = datasets.load_dataset("counting", 16, seed=1, cache_dir=cache)
+    assert len(dataset.splits["test"]) == 5 and builds == [1]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not write the cache" in err[0]
+    assert "No space left on device" in err[0]
+    assert list(cache.iterdir()) == []  # no partial temporary file left behind

@@ -151,7 +151,11 @@ def prepare_dataset(spec: str, image_size: int, seed: int = 0, cache_dir: Path |
                 print(f"segbench: cache {path} {problem}; rebuilding it", file=sys.stderr)
                 path.unlink(missing_ok=True)
             dataset = _build(spec, image_size, seed, folds, fold)
-            cache.save(dataset, path)
+            try:
+                cache.save(dataset, path)
+            except OSError as e:  # a full or read-only disk costs the cache, not the run
+                print(f"segbench: could not write the cache {path} ({e.strerror or e}); "
+                      "going on without it", file=sys.stderr)
             state = f"rebuilt: the cache {problem}" if problem else "built"
     dataset.check()
     if folds > 1:
