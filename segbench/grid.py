@@ -51,7 +51,7 @@ def resolve_arch_names(names: tuple[str, ...]) -> tuple[str, ...]:
         elif name in architectures or name in variants:
             found = [name]
         else:
-            known = list(dict.fromkeys(architectures + variants))
+            known = list(dict.fromkeys([*architectures, *variants]))
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
             hint = f"did you mean {' or '.join(close)}? " if close else ""
             raise UsageError(f"unknown architecture {name!r}; {hint}architectures: "
