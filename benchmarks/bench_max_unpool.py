@@ -148,9 +148,11 @@ def _pass(backward: bool) -> str:
 
 
 def _segnet_training_step(kernels_backend: str):
+    from segbench.layers import set_kernels
     from segbench.models import create_model
 
-    model = create_model("segnet", num_classes=2, in_channels=1, kernels=kernels_backend).cuda()
+    model = create_model("segnet", num_classes=2, in_channels=1)
+    model = set_kernels(model, kernels_backend).cuda()
     images = torch.randn(8, 1, 360, 480, device="cuda")
     labels = torch.randint(0, 2, (8, 360, 480), device="cuda")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from segbench.layers import set_kernels
 from segbench.models import create_model, registered_architectures, variant_for_profile
 
 ON_GPU = torch.cuda.is_available()
@@ -24,7 +25,8 @@ BACKENDS = ["torch", "triton"] if ON_GPU else ["torch"]
 def test_model_forward(benchmark, arch, kernels):
     torch.set_num_threads(THREADS)
     spec = variant_for_profile(arch, small=not ON_GPU)
-    model = create_model(spec.name, num_classes=4, in_channels=1, kernels=kernels).to(DEVICE).eval()
+    model = set_kernels(create_model(spec.name, num_classes=4, in_channels=1), kernels)
+    model = model.to(DEVICE).eval()
     x = torch.randn(1, 1, SIZE, SIZE, device=DEVICE)
 
     @torch.no_grad()

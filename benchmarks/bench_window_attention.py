@@ -4,7 +4,7 @@ at Swin's canonical shapes: 512x512 input, batch 8, 7x7 windows (N = 49), head d
 Implementations, each given the same q, k, v, bias and (shifted windows) mask:
   triton    the fused kernel
   eager     window_attention_reference: Swin's own softmax path, scores materialised
-  sdpa      segbench.layers.window_attention(kernels="torch"): SDPA with bias+mask materialised
+  sdpa      segbench.layers.window_attention (the torch path): SDPA with bias+mask materialised
   compiled  torch.compile of the eager path
 
 Every case prints its median time, the GB/s it achieves over its minimum traffic (q, k, v, bias
@@ -39,7 +39,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def _sdpa(q, k, v, bias, mask):
-    return layer_window_attention(q, k, v, bias, mask, kernels="torch")
+    return layer_window_attention(q, k, v, bias, mask)
 
 
 def _compiled_eager():

@@ -35,6 +35,8 @@ examples:
   segbench run --arch fcn,unet --seeds 0,1,2     three trainings of each, one row per seed
   segbench run --arch deeplabv3plus --kernels both --device cuda
                                                  torch and Triton rows on the same weights
+  segbench run --arch all --seeds 0,1,2 --workers 4
+                                                 four trainings at a time on a local Ray
   segbench run --arch unet --compile none,default --channels-last
                                                  eager and compiled rows of one training
   segbench measure runs/cpu_cpu_brain-tissue_96px_s0 --batch-sweep 1,2,4,8
@@ -130,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pretrained", help="local state_dict of the backbone (no downloads)")
     run.add_argument("--force", action="store_true",
                      help="run a gpu profile on a CPU, or past the memory estimate")
+    ray = run.add_mutually_exclusive_group()
+    ray.add_argument("--workers", type=int, metavar="N",
+                     help="run the trainings N at a time on a local Ray (N GPUs with CUDA, N x "
+                     "--threads CPUs otherwise; one timing at a time); needs "
+                     "pip install 'segbench[ray]'")
+    ray.add_argument("--ray-address", metavar="ADDR|auto",
+                     help="run on the Ray cluster at ADDR (auto: the one started on this "
+                     "machine), each node started with ray start --resources='{\"bench\": 1}'")
 
     measure = commands.add_parser(
         "measure", help="measure a run folder's saved weights again: other modes, another "
@@ -315,6 +325,15 @@ def run_config(args) -> RunConfig:
     return replace(cfg, out_dir=args.out or default_out(cfg))
 
 
+def executor_for(args, device: str):
+    """None (in process) unless --workers or --ray-address asks for Ray."""
+    if args.workers is None and args.ray_address is None:
+        return None
+    from segbench.distributed import RayExecutor
+
+    return RayExecutor(device, workers=args.workers, address=args.ray_address)
+
+
 def _outcome(record) -> str:
     if record.status != "ok":
         return f"{record.status}: {record.reason}"
@@ -347,7 +366,8 @@ def command_run(args) -> int:
     from segbench.runner import run
 
     cfg = run_config(args)
-    return _report_rows(run(cfg), cfg.out_dir, "run the same command to resume")
+    records = run(cfg, executor=executor_for(args, cfg.device))
+    return _report_rows(records, cfg.out_dir, "run the same command to resume")
 
 
 def measure_config(args, study: dict, saved: list) -> RunConfig:

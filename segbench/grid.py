@@ -51,7 +51,7 @@ def resolve_arch_names(names: tuple[str, ...]) -> tuple[str, ...]:
         elif name in architectures or name in variants:
             found = [name]
         else:
-            known = list(dict.fromkeys(architectures + variants))
+            known = list(dict.fromkeys([*architectures, *variants]))
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
             hint = f"did you mean {' or '.join(close)}? " if close else ""
             raise UsageError(f"unknown architecture {name!r}; {hint}architectures: "
@@ -77,11 +77,12 @@ def resolve_variants(names: tuple[str, ...], small: bool) -> list:
 
 
 def backends_for(kernels: str, device: str) -> list[str]:
+    """The backends a run measures: both, or the one `kernels` names (auto resolved)."""
+    from segbench.layers import KERNEL_BACKENDS, resolve_backend
+
     if kernels == "both":
-        return ["torch", "triton"]
-    if kernels == "auto":
-        return ["triton" if device == "cuda" else "torch"]
-    return [kernels]
+        return list(KERNEL_BACKENDS)
+    return [resolve_backend(kernels, device)]
 
 
 def check_kernels(kernels: str, device: str) -> None:

@@ -64,13 +64,24 @@ def _probe(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, float
     return outputs[0].detach(), growth
 
 
+def _build(name: str, data: PreparedDataset, cfg: RunConfig) -> torch.nn.Module:
+    """The model as training will build it; weights given with --pretrained that cannot be
+    read or fit too few of its tensors are the user's mistake, told in one line."""
+    try:
+        return create_model(name, data.num_classes, data.in_channels, pretrained=cfg.pretrained)
+    except (OSError, ValueError) as e:
+        if cfg.pretrained is None:
+            raise
+        raise UsageError(f"--pretrained {cfg.pretrained} for {name}: {e}") from None
+
+
 def check_models(specs: list, data: PreparedDataset, cfg: RunConfig) -> None:
     """Every model must take the run's image size and fit its training into memory: fail
     now, in one line, not after hours."""
     size, device = cfg.profile.image_size, torch.device(cfg.device)
     too_large = []
     for spec in specs:
-        model = create_model(spec.name, data.num_classes, data.in_channels).to(device)
+        model = _build(spec.name, data, cfg).to(device)
         x = torch.zeros(1, data.in_channels, size, size, device=device)
         try:
             out, activation_mb = _probe(model, x)

@@ -32,7 +32,7 @@ def model_listing(names: list[str] | None = None, in_channels: int = LISTING_CHA
              "|---|---|---|---|---|---|"]
     for spec in specs:
         role = "paper default" if spec.default else "small (cpu)" if spec.cpu else "variant"
-        model = create_model(spec.name, num_classes, in_channels, kernels="torch")
+        model = create_model(spec.name, num_classes, in_channels)
         height, width = input_size or (spec.paper_input_size, spec.paper_input_size)
         gflops = "–"
         if with_flops:

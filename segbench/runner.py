@@ -1,18 +1,24 @@
 """Runs the grid: train each unit, measure its rows, hand every record to the one writer.
 
 `train_unit` and `measure_unit` are pure: plain data in, records out, nothing written, no
-global state beyond torch's thread count; `run` is the in-process executor that calls them in
-order. A failure, an out-of-memory or a diverged training becomes a recorded row and the run
-goes on; rows already finished in the output folder are skipped, so re-running the same
-command resumes.
+global state beyond torch's thread count. `run` checks the grid, then an executor calls them:
+`InProcess` (the default) one unit after another here, or `segbench.distributed.RayExecutor`
+on Ray workers; either way the records come back to `run`, the folder's only writer. A
+failure, an out-of-memory or a diverged training becomes a recorded row and the run goes on;
+rows already finished in the output folder are skipped, so re-running the same command
+resumes.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -28,7 +34,7 @@ from segbench.measure.accuracy import accuracy, majority_baseline
 from segbench.measure.boundary import boundary_metrics
 from segbench.measure.conditions import pinned_cores
 from segbench.measure.context import MeasureContext, MeasureInputs
-from segbench.measure.device import device_facts
+from segbench.measure.device import cpu_name, device_facts
 from segbench.measure.flops import count_flops, count_params
 from segbench.measure.latency import latency
 from segbench.measure.memory import (
@@ -83,6 +89,22 @@ def load_unit_data(cfg: RunConfig, unit: Unit, image_size: int | None = None) ->
                          "lacks")
     return load_dataset(cfg.dataset, image_size or cfg.profile.image_size, unit.split_seed,
                         cfg.cache_dir)
+
+
+class SplitData:
+    """The prepared data of the last split asked for: consecutive units share their split."""
+
+    def __init__(self) -> None:
+        self._split: tuple | None = None
+        self._data: PreparedDataset | None = None
+
+    def of(self, cfg: RunConfig, unit: Unit) -> PreparedDataset:
+        split = (unit.split_seed, unit.fold)
+        if split != self._split or self._data is None:
+            self._data = None  # let the previous split go before preparing the next
+            self._data = load_unit_data(cfg, unit)
+            self._split = split
+        return self._data
 
 
 def failure_status(error: BaseException) -> str:
@@ -164,6 +186,36 @@ def measure_unit(unit: Unit, trained: Trained, ctx: UnitContext) -> list[results
     return records
 
 
+def placement(device: torch.device) -> tuple[str, str]:
+    """Where this process computes: its host (and physical GPU), and the device's name."""
+    host = socket.gethostname()
+    if device.type != "cuda":
+        return host, cpu_name()
+    index = torch.cuda.current_device() if device.index is None else device.index
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")  # Ray sets it per task
+    physical = visible[index] if index < len(visible) and visible[index] else str(index)
+    return f"{host} GPU {physical}", torch.cuda.get_device_name(index)
+
+
+def train_placed(unit: Unit, ctx: UnitContext) -> Trained:
+    """`train_unit`, with the place it trained on among the facts of its rows."""
+    trained = train_unit(unit, ctx)
+    trained.facts["trained_on"] = placement(torch.device(ctx.cfg.device))[0]
+    return trained
+
+
+def measure_placed(unit: Unit, trained: Trained, ctx: UnitContext,
+                   ray_node: str = "") -> list[results.Record]:
+    """`measure_unit`, each row saying where it was measured: host (and GPU), the device's
+    name and the Ray node id (empty in process)."""
+    measured_on, device_name = placement(torch.device(ctx.cfg.device))
+    records = measure_unit(unit, trained, ctx)
+    for record in records:
+        record.update({"measured_on": measured_on, "device_name": device_name,
+                       "ray_node": ray_node})
+    return records
+
+
 def measure_inputs(data: PreparedDataset, cfg: RunConfig) -> MeasureInputs:
     train, batch = data.splits["train"], cfg.profile.batch_size
     return MeasureInputs(
@@ -240,10 +292,11 @@ def shared_manifest(cfg: RunConfig, data: PreparedDataset) -> dict:
     }
 
 
-def start_manifest(cfg: RunConfig) -> dict:
-    """What run.json says about one start: its full configuration and environment."""
+def start_manifest(cfg: RunConfig, executor: dict) -> dict:
+    """What run.json says about one start: its configuration, environment and executor."""
     return {"config": cfg.to_json(),
-            "environment": results.environment(device_facts(torch.device(cfg.device)))}
+            "environment": results.environment(device_facts(torch.device(cfg.device))),
+            "executor": executor}
 
 
 class Progress:
@@ -280,39 +333,82 @@ def pending_units(cfg: RunConfig, units: list[Unit], finished: set[tuple]) -> li
     return [unit for unit in pending if unit.rows]
 
 
-def run(cfg: RunConfig, log: Callable[[str], None] = _print_line) -> Iterator[results.Record]:
-    """Check everything, then train and measure each unit not yet finished in cfg.out_dir,
-    yielding each record once it is written."""
+class Executor(Protocol):
+    """Runs units and hands their records back; `run` writes them."""
+
+    def started(self, cfg: RunConfig) -> AbstractContextManager[dict]:
+        """Holds the executor's resources (a Ray connection) for the block; gives what
+        run.json records about it. Raises UsageError when it cannot start."""
+
+    def records(self, cfg: RunConfig, units: list[Unit], data: SplitData,
+                log: Callable[[str], None],
+                keep: Callable[[Unit, Trained], None]) -> Iterator[results.Record]:
+        """Every row of every unit, as each is done, in any order; `keep` is called in this
+        process with each finished training, before its rows (the weights to keep)."""
+
+
+class InProcess:
+    """The default executor: each unit in this process, one after another."""
+
+    @contextmanager
+    def started(self, cfg: RunConfig) -> Iterator[dict]:
+        yield {"name": "in-process"}
+
+    def records(self, cfg: RunConfig, units: list[Unit], data: SplitData,
+                log: Callable[[str], None],
+                keep: Callable[[Unit, Trained], None]) -> Iterator[results.Record]:
+        progress = Progress(len(units))
+        for unit in units:
+            ctx = UnitContext(cfg, data.of(cfg, unit))
+            log(progress.line(unit))
+            trained = train_placed(unit, ctx)
+            keep(unit, trained)
+            yield from measure_placed(unit, trained, ctx)
+            progress.done += 1
+
+
+def run(cfg: RunConfig, log: Callable[[str], None] = _print_line,
+        executor: Executor | None = None) -> Iterator[results.Record]:
+    """Check everything, then let the executor train and measure each unit not yet finished
+    in cfg.out_dir, writing and yielding each record as it comes back."""
+    executor = executor or InProcess()
     units = build_grid(cfg)
     study = study_of(cfg)
     check_folder(cfg.out_dir, study)
-    loaded: dict[tuple, PreparedDataset] = {}
+    data = SplitData()
     todo = pending_units(cfg, units, finished_keys(cfg.out_dir))
     if todo:
         first = todo[0]
         check_dataset_memory(cfg, lambda size: load_unit_data(cfg, first, size))
-        loaded[first.split_seed, first.fold] = load_unit_data(cfg, first)
         specs = resolve_variants(tuple(dict.fromkeys(u.variant for u in todo)),
                                  cfg.profile.small_models)
-        check_models(specs, loaded[first.split_seed, first.fold], cfg)
-    with open_run_folder(cfg.out_dir, study) as folder:
+        check_models(specs, data.of(cfg, first), cfg)
+    # started before the folder is touched: an executor that cannot start is bad input
+    with executor.started(cfg) if todo else nullcontext() as described, \
+            open_run_folder(cfg.out_dir, study) as folder:
         todo = pending_units(cfg, units, folder.finished_keys())
         log(_first_line(cfg, units, todo, folder.rows()))
         for note in folder.notes:
             log(note)
-        progress = Progress(len(todo))
-        for unit in todo:
-            split = (unit.split_seed, unit.fold)
-            if split not in loaded:
-                loaded = {split: load_unit_data(cfg, unit)}
-            ctx = UnitContext(cfg, loaded[split])
-            folder.begin(shared_manifest(cfg, ctx.data), start_manifest(cfg))
-            log(progress.line(unit))
-            trained = keep_weights(folder, cfg, unit, train_unit(unit, ctx), ctx.data)
-            for record in measure_unit(unit, trained, ctx):
+        if not todo:
+            return
+        first = data.of(cfg, todo[0])
+        folder.begin(shared_manifest(cfg, first), start_manifest(cfg, described))
+        kept: dict[str, str] = {}  # weights file name -> its path in the folder
+
+        def keep(unit: Unit, trained: Trained) -> None:
+            path = keep_weights(folder, cfg, unit, trained, first.num_classes,
+                                first.in_channels)
+            if path:
+                kept[Path(path).name] = path
+
+        with closing(executor.records(cfg, todo, data, log, keep)) as records:
+            for record in records:
+                path = kept.get(weights.file_name(weights.identity(record)))
+                if path:
+                    record.update({"weights_file": path})
                 folder.append(record)
                 yield record
-            progress.done += 1
 
 
 def _first_line(cfg: RunConfig, units: list[Unit], todo: list[Unit], held: list[dict]) -> str:
@@ -332,16 +428,15 @@ def _first_line(cfg: RunConfig, units: list[Unit], todo: list[Unit], held: list[
 
 
 def keep_weights(folder: RunFolder, cfg: RunConfig, unit: Unit, trained: Trained,
-                 data: PreparedDataset) -> Trained:
-    """Write a unit's trained weights into the run folder (segbench.weights), before its rows,
-    when cfg says so; the rows then name the file (`weights_file`)."""
+                 num_classes: int, in_channels: int) -> str | None:
+    """Write a unit's trained weights into the run folder (segbench.weights) when cfg says
+    so; the path written, relative to the folder, or None."""
     if trained.state is None or not weights.should_save(cfg, trained.state):
-        return trained
-    identity = weights.unit_identity(cfg, unit)
-    model = weights.model_config(unit.variant, data.num_classes, data.in_channels)
-    name = folder.write_weights(weights.file_name(identity), weights.encode(
+        return None
+    identity = weights.identity(base_record(cfg, unit, unit.rows[0]))
+    model = weights.model_config(unit.variant, num_classes, in_channels)
+    return folder.write_weights(weights.file_name(identity), weights.encode(
         study_of(cfg), identity, model, trained.facts, trained.history, trained.state))
-    return replace(trained, facts={**trained.facts, "weights_file": name})
 
 
 def _saved_unit_config(cfg: RunConfig, saved: weights.SavedUnit) -> RunConfig:
@@ -359,10 +454,9 @@ def measure_saved(cfg: RunConfig, source: Path, saved: list[weights.SavedUnit],
     check_folder(cfg.out_dir, study)
     rows = rows_for(cfg)
     todo = [(entry, entry.unit(rows)) for entry in saved]
-    first = todo[0][1]
-    loaded = {(first.split_seed, first.fold): load_unit_data(cfg, first)}
-    data = loaded[first.split_seed, first.fold]
-    weights.check_data(saved, data.num_classes, data.in_channels, cfg.dataset)
+    data = SplitData()
+    first = data.of(cfg, todo[0][1])
+    weights.check_data(saved, first.num_classes, first.in_channels, cfg.dataset)
     with open_run_folder(cfg.out_dir, study) as folder:
         log(f"segbench: measuring {len(todo)} saved training(s) of {source} again, no "
             f"training: {len(todo) * len(rows)} row(s), device {cfg.device}, kernels "
@@ -371,15 +465,13 @@ def measure_saved(cfg: RunConfig, source: Path, saved: list[weights.SavedUnit],
         for note in folder.notes:
             log(note)
         for entry, unit in todo:
-            split = (unit.split_seed, unit.fold)
-            if split not in loaded:
-                loaded = {split: load_unit_data(cfg, unit)}
-            ctx = UnitContext(_saved_unit_config(cfg, entry), loaded[split])
+            ctx = UnitContext(_saved_unit_config(cfg, entry), data.of(cfg, unit))
             folder.begin(shared_manifest(cfg, ctx.data),
-                         {**start_manifest(cfg), "measured_from": str(source)})
+                         {**start_manifest(cfg, {"name": "in-process"}),
+                          "measured_from": str(source)})
             log(f"segbench: {unit.label} from {entry.name}")
             trained = Trained({**entry.payload["facts"], "weights_file": entry.name},
                               entry.payload["state_dict"], entry.payload["history"])
-            for record in measure_unit(unit, trained, ctx):
+            for record in measure_placed(unit, trained, ctx):
                 folder.append(record)
                 yield record

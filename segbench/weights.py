@@ -22,6 +22,7 @@ import torch
 from segbench.config import Profile, RunConfig, UsageError
 from segbench.grid import Row, Unit
 from segbench.models import create_model
+from segbench.results import Record
 from segbench.store import differences, json_safe, weights_paths
 
 FORMAT = 1
@@ -37,12 +38,14 @@ def should_save(cfg: RunConfig, state: dict) -> bool:
         state_mb(state) <= DEFAULT_MAX_MB
 
 
-def unit_identity(cfg: RunConfig, unit: Unit) -> dict:
-    """Every row-key field that one training fixes, besides the folder's study."""
-    return {"arch": unit.arch, "variant": unit.variant, "seed": unit.seed,
-            "split_seed": unit.split_seed, "fold": unit.fold, "folds": unit.folds,
-            "train_kernels": unit.train_kernels, "recipe": cfg.recipe,
-            "pretrained": cfg.pretrained or "", "threads": cfg.threads}
+IDENTITY_FIELDS = ("arch", "variant", "seed", "split_seed", "fold", "folds", "train_kernels",
+                   "recipe", "pretrained", "threads")
+
+
+def identity(record: Record) -> dict:
+    """The training a row was measured from: every row-key field that one training fixes,
+    besides the folder's study."""
+    return {name: getattr(record, name) for name in IDENTITY_FIELDS}
 
 
 def file_name(identity: dict) -> str:

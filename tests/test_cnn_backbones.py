@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision_layouts
 
+from segbench.layers import set_kernels
 from segbench.measure.flops import count_params
 from segbench.models import create_model
 from segbench.models.backbones import ResNet, load_backbone_state, resnet50, vgg16, vgg16_bn
@@ -113,7 +115,7 @@ def test_missing_file_and_bad_content_are_refused(tmp_path):
 
 
 def test_fcn_loads_torchvision_vgg_with_fc_as_conv(tmp_path):
-    model = create_model("fcn-small", 3, in_channels=3, kernels="torch")
+    model = create_model("fcn-small", 3, in_channels=3)
     source = {f"features.{k}": v for k, v in model.backbone.features.state_dict().items()}
     fc = model.fc6.out_channels
     fc6 = torch.randn(fc, model.fc6.in_channels * 49)  # Linear over flattened (C, 7, 7)
@@ -130,7 +132,7 @@ def test_fcn_loads_torchvision_vgg_with_fc_as_conv(tmp_path):
 
 def test_create_model_pretrained_loads_backbone(tmp_path):
     source = ResNet(50, in_channels=3, base_width=16, blocks=(1, 1, 1, 1)).state_dict()
-    model = create_model("pspnet-small", 3, in_channels=1, kernels="torch",
+    model = create_model("pspnet-small", 3, in_channels=1,
                          pretrained=str(_save(source, tmp_path)))
     grey = source["conv1.weight"].sum(1, keepdim=True)
     torch.testing.assert_close(model.backbone.conv1.weight, grey)
@@ -141,13 +143,13 @@ def test_fcn_upsampling_is_bilinear_and_skips_follow_variant():
     out = up(torch.ones(1, 2, 4, 4))
     assert out.shape == (1, 2, 32, 32) and not up.weight.requires_grad
     torch.testing.assert_close(out[..., 4:-4, 4:-4], torch.ones(1, 2, 24, 24))
-    skips = {n: len(create_model(n, 2, kernels="torch", width_mult=1 / 16).score_pools)
+    skips = {n: len(create_model(n, 2, width_mult=1 / 16).score_pools)
              for n in ("fcn-32s", "fcn-16s", "fcn-8s")}
     assert skips == {"fcn-32s": 0, "fcn-16s": 1, "fcn-8s": 2}
 
 
-def test_segnet_passes_kernels_to_pool_pair_and_mirrors_encoder():
-    model = create_model("segnet-small", 5, kernels="triton")
+def test_set_kernels_reaches_segnet_pool_pair_and_decoder_mirrors_encoder():
+    model = set_kernels(create_model("segnet-small", 5), "triton")
     assert all(p.kernels == "triton" for p in model.pools)
     assert all(b.unpool.kernels == "triton" for b in model.decoder)
     assert [len(b.convs) for b in model.decoder] == [3, 3, 3, 2, 2]
@@ -155,7 +157,7 @@ def test_segnet_passes_kernels_to_pool_pair_and_mirrors_encoder():
 
 
 def test_pspnet_aux_head_only_in_training():
-    model = create_model("pspnet-small", 3, kernels="torch").train()
+    model = create_model("pspnet-small", 3).train()
     x = torch.randn(2, 1, 40, 52)
     logits, aux = model.forward_with_aux(x)
     assert logits.shape == (2, 3, 40, 52)
@@ -174,9 +176,34 @@ def test_pspnet_aux_head_only_in_training():
     ("fcn-resnet50", 21, 32.957013, 1e-6),
 ])  # fmt: skip
 def test_paper_default_parameter_counts(name, classes, published, tol):
-    params = count_params(create_model(name, classes, in_channels=3, kernels="torch")) / 1e6
+    params = count_params(create_model(name, classes, in_channels=3)) / 1e6
     assert abs(params - published) < tol, f"{name}: {params:.3f}M vs published {published}M"
 
 
 def test_resnet50_backbone_parameter_count():
     assert abs(count_params(resnet50(in_channels=3)) / 1e6 - 23.508) < 0.001
+
+
+@pytest.mark.parametrize("aux_head", [False, True])
+def test_fcn_resnet50_loads_a_whole_torchvision_checkpoint(tmp_path, aux_head):
+    # torchvision fcn_resnet50's layout at 1/8 width: layer3 128, layer4 256 channels
+    layout = torchvision_layouts.resnet("backbone.", blocks=(1, 1, 1, 1), width=8)
+    layout |= torchvision_layouts.fcn_head("classifier.", 256, 3)
+    layout |= torchvision_layouts.fcn_head("aux_classifier.", 128, 3)
+    state = torchvision_layouts.random_state(layout)
+    torch.save(state, tmp_path / "fcn.pth")
+    model = create_model("fcn-resnet50", 3, in_channels=3, base_width=8, blocks=(1, 1, 1, 1),
+                         aux_head=aux_head)
+    report = model.load_pretrained(tmp_path / "fcn.pth", verbose=False)
+    sources = torchvision_layouts.source_of_every_tensor(model, state)
+    assert None not in sources.values() and report.missing == [] and report.mismatched == []
+    aux_keys = sorted(k for k in state if k.startswith("aux_classifier."))
+    assert sorted(report.unexpected) == ([] if aux_head else aux_keys)
+    assert sources["head.0.1.running_mean"] == "classifier.1.running_mean"
+    assert sources["head.2.weight"] == "classifier.4.weight"
+
+
+def test_fcn_resnet50_with_aux_head_is_torchvision_fcn_resnet50():
+    with torch.device("meta"):
+        model = create_model("fcn-resnet50", 21, in_channels=3, aux_head=True)
+    assert count_params(model) == 35_322_218

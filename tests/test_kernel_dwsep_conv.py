@@ -19,7 +19,7 @@ from kernels.dwsep_conv import (
     depthwise_separable_conv2d,
     depthwise_separable_conv2d_reference,
 )
-from segbench.layers import SeparableConv2d
+from segbench.layers import SeparableConv2d, set_kernels
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -281,8 +281,8 @@ def test_torch_compile_traces_the_op_without_graph_breaks():
 
 
 def randomised_layer(in_channels, out_channels, kernel_size, dilation, relu_out, kernels):
-    layer = SeparableConv2d(in_channels, out_channels, kernel_size, dilation=dilation,
-                            relu_out=relu_out, kernels=kernels).to(DEVICE)
+    layer = set_kernels(SeparableConv2d(in_channels, out_channels, kernel_size, dilation=dilation,
+                                        relu_out=relu_out), kernels).to(DEVICE)
     with torch.no_grad():
         for bn in (layer.bn_depthwise, layer.bn_pointwise):
             bn.weight.uniform_(0.5, 1.5)
@@ -295,8 +295,8 @@ def randomised_layer(in_channels, out_channels, kernel_size, dilation, relu_out,
 @pytest.mark.parametrize("kernel_size, dilation, relu_out", [(3, 2, True), (5, 1, False)])
 def test_layer_triton_eval_matches_torch_eval(kernel_size, dilation, relu_out):
     torch_layer = randomised_layer(6, 7, kernel_size, dilation, relu_out, "torch").eval()
-    triton_layer = SeparableConv2d(6, 7, kernel_size, dilation=dilation, relu_out=relu_out,
-                                   kernels="triton").to(DEVICE).eval()
+    triton_layer = set_kernels(SeparableConv2d(6, 7, kernel_size, dilation=dilation,
+                                               relu_out=relu_out), "triton").to(DEVICE).eval()
     triton_layer.load_state_dict(torch_layer.state_dict())
     x = torch.randn(2, 6, 5, 4, device=DEVICE)
     with torch.no_grad():
@@ -320,7 +320,7 @@ def test_layer_triton_training_step_matches_torch():
 
 def test_layer_rejects_unknown_backend():
     with pytest.raises(ValueError, match="kernels"):
-        SeparableConv2d(4, 4, kernels="cuda")
+        set_kernels(SeparableConv2d(4, 4), "cuda")
 
 
 # ----------------------------------------------------------------------------- GPU only

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import kernels
 from kernels import max_unpool as mu
 from kernels._common import FVCORE_HANDLES
-from segbench.layers import MaxPoolWithIndices, MaxUnpool
+from segbench.layers import MaxPoolWithIndices, MaxUnpool, set_kernels
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]  # values are moved, never computed
@@ -333,7 +333,7 @@ def test_segnet_layers_triton_equal_torch(dtype):
     grad = integer_valued(x)
     results = {}
     for backend in ("torch", "triton"):
-        pool, unpool = MaxPoolWithIndices(kernels=backend), MaxUnpool(kernels=backend)
+        pool, unpool = set_kernels(MaxPoolWithIndices(), backend), set_kernels(MaxUnpool(), backend)
         x_in = x.detach().clone().requires_grad_()
         values, indices = pool(x_in)
         out = unpool(values * 3, indices, x_in.shape)

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kernels._common import FVCORE_HANDLES
 from kernels.window_attention import window_attention, window_attention_reference
-from segbench.layers.attention import window_attention as layer_window_attention
+from segbench.layers import WindowAttentionCore, set_kernels
 
 # `kernels.window_attention` as an attribute is the exported function; this is the module.
 kernel_module = importlib.import_module("kernels.window_attention")
@@ -196,8 +196,9 @@ def test_rejects_unsupported_inputs(case):
 
 def test_layer_triton_path_matches_torch_path():
     q, k, v, bias, mask = make_inputs(images=2)
-    expected = layer_window_attention(q, k, v, bias, mask, kernels="torch")
-    actual = layer_window_attention(q, k, v, bias, mask, kernels="triton")
+    core = WindowAttentionCore()
+    expected = core(q, k, v, bias, mask)
+    actual = set_kernels(core, "triton")(q, k, v, bias, mask)
     torch.testing.assert_close(actual, expected, **OUTPUT_TOLERANCE[torch.float32])
 
 

@@ -8,12 +8,23 @@ import pytest
 
 from segbench import runner
 from segbench.config import PROFILES, RunConfig
+from segbench.layers import uses_kernels
+from segbench.models import create_model, list_models, model_spec
 
 TINY = replace(PROFILES["smoke"], image_size=32, batch_size=4, latency_warmup=0,
                latency_repeats=1, throughput_batches=(1,), throughput_repeats=1)
 
 
-@pytest.mark.parametrize("arch", ["segnet", "deeplabv3plus", "swin"])
+# every architecture whose small variant has a layer with a Triton path
+WIRED = [model_spec(name).arch for name in list_models()
+         if model_spec(name).cpu and uses_kernels(create_model(name, 2))]
+
+
+def test_some_architectures_have_triton_layers():
+    assert WIRED
+
+
+@pytest.mark.parametrize("arch", WIRED)
 def test_both_backends_agree_on_the_same_weights(arch, tmp_path, monkeypatch):
     # a few test slices keep the interpreter fast; the rest of the pipeline is unchanged
     real_load = runner.load_dataset

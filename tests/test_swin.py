@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+from segbench.layers import WindowAttentionCore, set_kernels
 from segbench.measure.flops import count_flops
 from segbench.models import create_model
 from segbench.models.backbones.swin import (
@@ -170,24 +171,28 @@ def test_padding_shift_and_shrinking_per_stage():
 def test_odd_input_sizes_are_padded_and_cropped():
     _, features = _attention_calls(_mini(), torch.randn(1, 1, 57, 71))
     assert [tuple(f.shape[-2:]) for f in features] == [(15, 18), (8, 9), (4, 5), (2, 3)]
-    model = create_model("swin-small", num_classes=3, kernels="torch").eval()
+    model = create_model("swin-small", num_classes=3).eval()
     with torch.no_grad():
         for size in [(13, 9), (3, 5)]:  # 57x71 runs in test_models
             assert model(torch.randn(1, 1, *size)).shape == (1, 3, *size)
 
 
 def test_forward_with_aux():
-    model = create_model("swin-small", num_classes=3, kernels="torch").eval()
+    model = create_model("swin-small", num_classes=3).train()
+    x = torch.randn(2, 1, 41, 50)  # 2 images: the pooling branch's BatchNorm trains on 1x1 maps
     with torch.no_grad():
-        logits, extras = model.forward_with_aux(torch.randn(1, 1, 41, 50))
-    assert logits.shape == (1, 3, 41, 50)
-    assert [(w, a.shape) for w, a in extras] == [(0.4, (1, 3, 41, 50))]
+        logits, extras = model.forward_with_aux(x)
+        assert logits.shape == (2, 3, 41, 50)
+        assert [(w, a.shape) for w, a in extras] == [(0.4, (2, 3, 41, 50))]
+        assert model.eval().forward_with_aux(x)[1] == []  # auxiliary heads train only
 
 
 def test_kernels_reach_every_attention():
-    model = create_model("swin-small", num_classes=3, kernels="triton")
-    backends = {m.kernels for m in model.modules() if isinstance(m, WindowAttention)}
-    assert backends == {"triton"}
+    model = set_kernels(create_model("swin-small", num_classes=3), "triton")
+    attentions = [m for m in model.modules() if isinstance(m, WindowAttention)]
+    assert len(attentions) == sum(MINI["depths"])
+    assert {m.core.kernels for m in attentions} == {"triton"}
+    assert sum(isinstance(m, WindowAttentionCore) for m in model.modules()) == len(attentions)
 
 
 def _derived(key):
@@ -232,7 +237,7 @@ def test_load_pretrained_timm_layout(tmp_path):
         return key if found is None else f"layers.{int(found[1]) + 1}" + key[len("layers.0"):]
 
     torch.save({timm_key(k): v for k, v in state.items()}, tmp_path / "timm.pth")
-    model = create_model("swin-small", num_classes=3, kernels="torch")
+    model = create_model("swin-small", num_classes=3)
     report = model.load_pretrained(tmp_path / "timm.pth")
     assert report.missing == [] and report.unexpected == [] and report.mismatched == []
     merged = model.backbone.layers[0].downsample.reduction.weight
@@ -252,7 +257,7 @@ def test_window_attention_flops_match_hand_count():
 def test_upernet_parameters_match_paper(name, paper_m):
     # ADE20K table of the Swin paper: 150 classes, RGB, auxiliary head included
     with torch.device("meta"):
-        model = create_model(name, num_classes=150, in_channels=3, kernels="torch")
+        model = create_model(name, num_classes=150, in_channels=3)
     assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - paper_m) < 0.5
 
 
@@ -266,8 +271,8 @@ def test_swin_t_backbone_parameters():
 
 def test_triton_kernels_match_torch_end_to_end():
     pytest.importorskip("triton")  # on CPU the kernel runs in the Triton interpreter
-    reference = create_model("swin-small", num_classes=3, kernels="torch").eval()
-    fused = create_model("swin-small", num_classes=3, kernels="triton").eval()
+    reference = create_model("swin-small", num_classes=3).eval()
+    fused = set_kernels(create_model("swin-small", num_classes=3), "triton").eval()
     fused.load_state_dict(reference.state_dict())
     x = torch.randn(1, 1, 32, 40)  # stage 1 is 8x10: padded, shifted and masked windows
     with torch.no_grad():

@@ -153,6 +153,46 @@ def test_mit_loads_official_and_hugging_face_layouts(tmp_path, layout):
         torch.testing.assert_close(target.state_dict()[key], value, msg=key)
 
 
+def _decode_head_key(key: str, layout: str) -> str:
+    """The Hugging Face or official name of a SegFormer decode-head key, rule by rule."""
+    hf = [(r"^head\.linear_fuse\.0\.", "linear_fuse."), (r"^head\.linear_fuse\.1\.", "batch_norm."),
+          (r"^head\.linear_pred\.", "classifier."), (r"^head\.", "")]
+    official = [(r"^head\.linear_c\.(\d)\.", lambda m: f"linear_c{int(m[1]) + 1}."),
+                (r"^head\.linear_fuse\.0\.", "linear_fuse.conv."),
+                (r"^head\.linear_fuse\.1\.", "linear_fuse.bn."), (r"^head\.", "")]
+    for pattern, replacement in hf if layout == "hf" else official:
+        key, n = re.subn(pattern, replacement, key)
+        if n:
+            break
+    return "decode_head." + key
+
+
+@pytest.mark.parametrize("layout", ["official", "hf"])
+def test_segformer_loads_a_whole_checkpoint_with_its_decode_head(tmp_path, layout):
+    torch.manual_seed(0)
+    source = create_model("segformer-b0", 4, in_channels=3)
+    state = {}
+    for key, value in source.state_dict().items():
+        if key.startswith("head."):
+            state[_decode_head_key(key, layout)] = value
+        elif layout == "official":
+            state[key] = value  # backbone.*, as mmseg saves it
+        elif ".attn.kv." in key:
+            hf = _official_to_hf(key.removeprefix("backbone."))
+            k, v = value.chunk(2)
+            state[hf.replace(".attn.kv.", ".attention.self.key.")] = k
+            state[hf.replace(".attn.kv.", ".attention.self.value.")] = v
+        else:
+            state[_official_to_hf(key.removeprefix("backbone."))] = value
+    torch.save(state, tmp_path / "segformer.pth")
+    torch.manual_seed(1)
+    target = create_model("segformer-b0", 4, in_channels=3)
+    report = target.load_pretrained(tmp_path / "segformer.pth", verbose=False)
+    assert report.unexpected == [] and report.missing == [] and report.mismatched == []
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
 def test_missing_checkpoint_is_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         create_model("vit-small", 2, pretrained=str(tmp_path / "nope.pth"))

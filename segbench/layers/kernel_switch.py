@@ -7,6 +7,9 @@ backend argument: a model is built, trained, then switched in place and back.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -57,8 +60,23 @@ def uses_kernels(model: nn.Module) -> bool:
 
 
 def set_kernels(model: nn.Module, backend: str) -> nn.Module:
-    """Switch every KernelSwitch layer of `model` to `backend` ("torch" | "triton"), in place."""
+    """Switch every KernelSwitch layer of `model` to `backend` ("torch" | "triton"), in place;
+    "auto" must be resolved first (`resolve_backend`)."""
     check_backend(backend)
     for layer in kernel_switches(model):
         layer.kernels = backend
     return model
+
+
+@contextmanager
+def switch_kernels(model: nn.Module, backend: str) -> Iterator[nn.Module]:
+    """`set_kernels(model, backend)` inside a with block; afterwards every layer is switched
+    back to the backend it had (e.g. measure a trained model on both backends, in place)."""
+    layers = kernel_switches(model)
+    before = [layer.kernels for layer in layers]
+    set_kernels(model, backend)
+    try:
+        yield model
+    finally:
+        for layer, previous in zip(layers, before, strict=True):
+            layer.kernels = previous

@@ -1,25 +1,18 @@
 """Model zoo: `create_model(name, num_classes, ...)` and `list_models()`.
 
-Each family module registers its variants when imported; the imports below are the whole list.
+Each family module registers its variants when imported; the imports below are the whole list,
+and their order is the order of ARCHITECTURES. Models are built on the PyTorch path; switch the
+layers that have a Triton path with `segbench.layers.set_kernels(model, backend)`.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from segbench.models import (  # noqa: F401  # noqa: F401
-    deeplab,  # noqa: F401
-    fcn,
-    pspnet,
-    segformer,
-    segnet,
-    swin,  # noqa: F401
-    unet,  # noqa: F401  (registers its variants)
-    vit,
-)
+# isort: off
+from segbench.models import fcn, unet, segnet, deeplab, pspnet, vit, segformer, swin  # noqa: F401
+# isort: on
 from segbench.models._registry import (
-    ARCHITECTURES,
     ModelSpec,
     list_models,
     model_spec,
@@ -27,28 +20,18 @@ from segbench.models._registry import (
     variant_for_profile,
 )
 
-KERNEL_BACKENDS = ("auto", "torch", "triton")
+ARCHITECTURES = registered_architectures()
 
 __all__ = [
-    "ARCHITECTURES", "KERNEL_BACKENDS", "ModelSpec", "create_model", "list_models",
-    "model_spec", "registered_architectures", "resolve_kernels", "variant_for_profile",
+    "ARCHITECTURES", "ModelSpec", "create_model", "list_models", "model_spec",
+    "registered_architectures", "variant_for_profile",
 ]  # fmt: skip
-
-
-def resolve_kernels(kernels: str) -> str:
-    """`auto` means Triton on CUDA and PyTorch on CPU (the interpreter is for tests only)."""
-    if kernels not in KERNEL_BACKENDS:
-        raise ValueError(f"unknown kernels backend {kernels!r}; expected one of {KERNEL_BACKENDS}")
-    if kernels != "auto":
-        return kernels
-    return "triton" if torch.cuda.is_available() else "torch"
 
 
 def create_model(
     name: str,
     num_classes: int,
     in_channels: int = 1,
-    kernels: str = "auto",
     pretrained: str | None = None,
     **variant_kw,
 ) -> nn.Module:
@@ -60,8 +43,7 @@ def create_model(
     if in_channels < 1:
         raise ValueError(f"in_channels must be at least 1, got {in_channels}")
     spec = model_spec(name)
-    model = spec.builder(num_classes=num_classes, in_channels=in_channels,
-                         kernels=resolve_kernels(kernels), **variant_kw)
+    model = spec.builder(num_classes=num_classes, in_channels=in_channels, **variant_kw)
     if pretrained is not None:
         if not hasattr(model, "load_pretrained"):
             raise ValueError(f"model {spec.name!r} has no pretrained-backbone loader")

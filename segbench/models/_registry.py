@@ -2,6 +2,8 @@
 
 Names are `arch` or `arch-variant` (fcn-8s, segformer-b2, unet-small). Each architecture has one
 paper-faithful default (`default=True`) and one small variant for CPU runs and tests (`cpu=True`).
+The architectures are those registered, in the order they were first registered (the order of
+the family imports in `segbench.models`), so a new architecture is one family file and one import.
 """
 
 from __future__ import annotations
@@ -10,11 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
-
-ARCHITECTURES = (
-    "fcn", "unet", "segnet", "deeplabv1", "deeplabv2", "deeplabv3", "deeplabv3plus",
-    "pspnet", "vit", "segformer", "swin",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -29,6 +26,7 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+_ARCHITECTURES: list[str] = []  # in the order of their first registration
 
 
 def register_model(
@@ -39,38 +37,40 @@ def register_model(
     cpu: bool = False,
     description: str = "",
 ):
-    """Decorator: register `builder(num_classes, in_channels, kernels, **kw) -> nn.Module`."""
+    """Decorator: register `builder(num_classes, in_channels, **kw) -> nn.Module` under `name`,
+    whose part before the first dash names its architecture."""
     arch = name.split("-", 1)[0]
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"model name {name!r} must start with one of {', '.join(ARCHITECTURES)}")
 
     def decorate(builder):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = ModelSpec(name, arch, builder, paper_input_size, default, cpu,
                                     description or (builder.__doc__ or "").strip())
+        if arch not in _ARCHITECTURES:
+            _ARCHITECTURES.append(arch)
         return builder
 
     return decorate
 
 
 def list_models(arch: str | None = None) -> list[str]:
-    """Every registered name (of one architecture if given), in the order of ARCHITECTURES,
-    each architecture's paper default first."""
+    """Every registered name (of one architecture if given), architectures in registration
+    order, each architecture's paper default first."""
     specs = [s for s in _REGISTRY.values() if arch is None or s.arch == arch]
-    specs.sort(key=lambda s: (ARCHITECTURES.index(s.arch), not s.default))
+    specs.sort(key=lambda s: (_ARCHITECTURES.index(s.arch), not s.default))
     return [s.name for s in specs]
 
 
-def registered_architectures() -> list[str]:
-    return [a for a in ARCHITECTURES if list_models(a)]
+def registered_architectures() -> tuple[str, ...]:
+    """The architecture names, in registration order."""
+    return tuple(_ARCHITECTURES)
 
 
 def model_spec(name: str) -> ModelSpec:
     """The spec of a model name; an architecture name alone means its paper default."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name in ARCHITECTURES:
+    if name in _ARCHITECTURES:
         defaults = [s for s in _REGISTRY.values() if s.arch == name and s.default]
         if defaults:
             return defaults[0]

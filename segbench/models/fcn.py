@@ -9,9 +9,11 @@ Stated departure: the original pads the input by 100 px and crops the score maps
 here fc6 is padded ("same"), the input is zero-padded on the bottom/right to a multiple of 32,
 and the output is cropped back, so output = input size for any size.
 
-`fcn-resnet50` is the torchvision/mmseg-style FCN: dilated ResNet-50 at output stride 8, a head of
-3x3 conv 512 + BN + ReLU + dropout 0.1 + 1x1 classifier, bilinear up-sampling to the input size.
-None of these ops has a Triton path, so `kernels` changes nothing here.
+`fcn-resnet50` is torchvision's `fcn_resnet50`: dilated ResNet-50 at output stride 8, a head of
+3x3 conv 512 + BN + ReLU + dropout 0.1 + 1x1 classifier, bilinear up-sampling to the input size;
+`aux_head=True` adds torchvision's auxiliary FCN head on layer3 (loss weight 0.5). It loads a
+torchvision ResNet-50 file into the backbone, or a whole torchvision `fcn_resnet50` checkpoint
+(`backbone.*`, `classifier.*`, `aux_classifier.*`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segbench.layers import ConvBNAct
+from segbench.layers import ConvBNAct, SegmentationModel
 from segbench.models._registry import register_model
 from segbench.models.backbones import load_backbone_state, resnet50, vgg16
+from segbench.models.backbones._pretrained import load_backbone_or_model
 
 # torchvision vgg16 keys -> FCN keys; fc6/fc7 Linear weights are reshaped into the convs.
 VGG_PREFIX_MAP = {"features.": "backbone.features.", "classifier.0.": "fc6.",
@@ -82,55 +85,78 @@ class FCNVGG(nn.Module):
 
 
 class FCNHead(nn.Sequential):
-    """3x3 conv + BN + ReLU + dropout + 1x1 classifier (torchvision FCNHead; also PSPNet's head
-    and aux head, and Swin-UPerNet's aux head, which re-initialises the classifier)."""
+    """3x3 conv + BN + ReLU + dropout + 1x1 classifier on the feature map `in_index` of the
+    backbone's list (torchvision FCNHead; also PSPNet's head and aux head, DeepLab v3's
+    torchvision aux head, and Swin-UPerNet's aux head, which re-initialises the classifier)."""
 
-    def __init__(self, in_channels: int, mid_channels: int, num_classes: int, dropout: float = 0.1):
+    def __init__(self, in_channels: int, mid_channels: int, num_classes: int, dropout: float = 0.1,
+                 in_index: int = -1):
         super().__init__(ConvBNAct(in_channels, mid_channels), nn.Dropout2d(dropout),
                          nn.Conv2d(mid_channels, num_classes, 1))
+        self.in_index = in_index
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return super().forward(features[self.in_index])
 
 
-class FCNResNet(nn.Module):
+def torchvision_fcn_head_map(source: str, target: str) -> dict[str, str]:
+    """Key prefixes of a torchvision FCNHead (conv 0, BN 1, ReLU, dropout, classifier 4) under
+    `source` -> those of an FCNHead under `target`."""
+    return {f"{source}0.": f"{target}0.0.", f"{source}1.": f"{target}0.1.",
+            f"{source}4.": f"{target}2."}
+
+
+TORCHVISION_AUX_WEIGHT = 0.5  # torchvision's segmentation reference recipe: loss + 0.5 * aux
+TORCHVISION_AUX_MAP = torchvision_fcn_head_map("aux_classifier.", "aux_heads.0.")
+RESNET_LAYER3 = 2  # index of layer3 in the ResNet feature list, where torchvision's aux reads
+
+
+def torchvision_aux_head(backbone: nn.Module, num_classes: int) -> FCNHead:
+    """torchvision's auxiliary FCN head on a ResNet's layer3."""
+    channels = backbone.channels[RESNET_LAYER3]
+    return FCNHead(channels, channels // 4, num_classes, in_index=RESNET_LAYER3)
+
+
+class FCNResNet(SegmentationModel):
     def __init__(self, num_classes: int, in_channels: int = 1, base_width: int = 64,
-                 blocks=None, output_stride: int = 8):
-        super().__init__()
-        self.backbone = resnet50(in_channels=in_channels, output_stride=output_stride,
-                                 base_width=base_width, blocks=blocks)
-        channels = self.backbone.channels[3]
-        self.head = FCNHead(channels, channels // 4, num_classes)
+                 blocks=None, output_stride: int = 8, aux_head: bool = False):
+        backbone = resnet50(in_channels=in_channels, output_stride=output_stride,
+                            base_width=base_width, blocks=blocks)
+        channels = backbone.channels[3]
+        head = FCNHead(channels, channels // 4, num_classes)
+        aux = [torchvision_aux_head(backbone, num_classes)] if aux_head else []
+        super().__init__(backbone, head, aux, aux_weight=TORCHVISION_AUX_WEIGHT)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.backbone(x)[3])
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-    def load_pretrained(self, path):
-        """Load a torchvision resnet50 state_dict file into the backbone (its fc is unexpected)."""
-        return load_backbone_state(self.backbone, path)
+    def load_pretrained(self, path, verbose: bool = True):
+        """A torchvision resnet50 file into the backbone (its fc is unexpected), or a whole
+        torchvision fcn_resnet50 checkpoint into the model."""
+        head_map = torchvision_fcn_head_map("classifier.", "head.") | TORCHVISION_AUX_MAP
+        return load_backbone_or_model(self, path, head_map, verbose=verbose)
 
 
 @register_model("fcn-8s", paper_input_size=500, default=True,
                 description="FCN-8s, VGG16, fc6/fc7 as convs, pool4+pool3 skips (paper)")
-def fcn_8s(num_classes, in_channels=1, kernels="torch", **kw):
+def fcn_8s(num_classes, in_channels=1, **kw):
     return FCNVGG(num_classes, in_channels, output_stride=8, **kw)
 
 
 @register_model("fcn-16s", paper_input_size=500, description="FCN-16s, VGG16, pool4 skip")
-def fcn_16s(num_classes, in_channels=1, kernels="torch", **kw):
+def fcn_16s(num_classes, in_channels=1, **kw):
     return FCNVGG(num_classes, in_channels, output_stride=16, **kw)
 
 
 @register_model("fcn-32s", paper_input_size=500, description="FCN-32s, VGG16, no skip")
-def fcn_32s(num_classes, in_channels=1, kernels="torch", **kw):
+def fcn_32s(num_classes, in_channels=1, **kw):
     return FCNVGG(num_classes, in_channels, output_stride=32, **kw)
 
 
 @register_model("fcn-resnet50", paper_input_size=512,
                 description="FCN head on dilated ResNet-50, output stride 8 (torchvision/mmseg)")
-def fcn_resnet50(num_classes, in_channels=1, kernels="torch", **kw):
+def fcn_resnet50(num_classes, in_channels=1, **kw):
     return FCNResNet(num_classes, in_channels, **kw)
 
 
 @register_model("fcn-small", paper_input_size=500, cpu=True,
                 description="FCN-8s topology, VGG16 at 1/16 width, fc 256 (CPU variant)")
-def fcn_small(num_classes, in_channels=1, kernels="torch", **kw):
+def fcn_small(num_classes, in_channels=1, **kw):
     return FCNVGG(num_classes, in_channels, output_stride=8, width_mult=1 / 16, **kw)

@@ -4,6 +4,8 @@ The MiT encoder (segbench.models.backbones.mit) gives four maps at 1/4..1/32 of 
 decoder maps each to one width with a Linear (a 1x1 conv), up-samples the three coarser ones to
 1/4, concatenates them (deepest first, as the reference code), fuses with a 1x1 conv + BN + ReLU,
 and classifies after dropout 0.1; the logits are up-sampled bilinearly to the input size.
+`load_pretrained` takes a MiT encoder file, or a whole Hugging Face or official SegFormer
+checkpoint (encoder and `decode_head.*`).
 Decoder width 256 for B0/B1, 768 for B2..B5 (paper Table 1); stochastic depth 0.1 in the encoder.
 """
 
@@ -12,14 +14,30 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from segbench.layers import ConvBNAct
+from segbench.layers import ConvBNAct, SegmentationModel, resize
 from segbench.models._registry import register_model
-from segbench.models.backbones._pretrained import LoadReport
-from segbench.models.backbones.mit import MIT_CONFIGS, MixVisionTransformer
+from segbench.models.backbones._pretrained import LoadReport, load_state, read_state_dict
+from segbench.models.backbones.mit import MIT_CONFIGS, MixVisionTransformer, official_layout
 
+DECODE_HEAD = "decode_head."
+# decode-head key prefixes of the Hugging Face (SegformerDecodeHead: linear_c.i, linear_fuse,
+# batch_norm, classifier) and the official (linear_c1..4, ConvModule linear_fuse.conv/.bn,
+# linear_pred) checkpoints, and of this model before its head was named `head`, -> SegFormerHead's
+# (whose linear_fuse is a ConvBNAct)
+DECODE_HEAD_MAP = {
+    "decode_head.linear_c.": "head.linear_c.",
+    "decode_head.linear_fuse.": "head.linear_fuse.0.",
+    "decode_head.batch_norm.": "head.linear_fuse.1.",
+    "decode_head.classifier.": "head.linear_pred.",
+    **{f"decode_head.linear_c{i + 1}.": f"head.linear_c.{i}." for i in range(4)},
+    "decode_head.linear_fuse.conv.": "head.linear_fuse.0.",
+    "decode_head.linear_fuse.bn.": "head.linear_fuse.1.",
+    "decode_head.linear_pred.": "head.linear_pred.",
+    "decode_head.linear_fuse.0.": "head.linear_fuse.0.",
+    "decode_head.linear_fuse.1.": "head.linear_fuse.1.",
+}
 
 class MLP(nn.Module):
     """Per-token Linear on an (N, C, H, W) map."""
@@ -42,31 +60,31 @@ class SegFormerHead(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         size = feats[0].shape[-2:]
-        maps = [F.interpolate(mlp(f), size=size, mode="bilinear", align_corners=False)
-                if f.shape[-2:] != size else mlp(f)
+        maps = [resize(mlp(f), size) if f.shape[-2:] != size else mlp(f)
                 for f, mlp in zip(feats, self.linear_c, strict=True)]
         x = self.linear_fuse(torch.cat(maps[::-1], dim=1))
         return self.linear_pred(self.dropout(x))
 
 
-class SegFormer(nn.Module):
+class SegFormer(SegmentationModel):
     def __init__(self, num_classes: int, in_channels: int = 1, variant: str = "b0",
                  decoder_dim: int = 256, drop_path: float = 0.1):
-        super().__init__()
-        self.backbone = MixVisionTransformer(in_channels, drop_path=drop_path,
-                                             **MIT_CONFIGS[variant])
-        self.decode_head = SegFormerHead(self.backbone.dims, decoder_dim, num_classes)
+        backbone = MixVisionTransformer(in_channels, drop_path=drop_path, **MIT_CONFIGS[variant])
+        super().__init__(backbone, SegFormerHead(backbone.dims, decoder_dim, num_classes))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.decode_head(self.backbone(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-    def load_pretrained(self, path: str | Path) -> LoadReport:
-        return self.backbone.load_pretrained(path)
-
+    def load_pretrained(self, path: str | Path, verbose: bool = True) -> LoadReport:
+        """A MiT encoder file into the backbone (see `MixVisionTransformer.load_pretrained`), or
+        a whole SegFormer checkpoint with a `decode_head.*` (Hugging Face or official) into the
+        model; a decode head of another class count is reported as shape-mismatched."""
+        state = official_layout(read_state_dict(path))
+        if not any(k.startswith(DECODE_HEAD) for k in state):
+            return load_state(self.backbone, state, verbose=verbose)
+        state = {k if k.startswith(DECODE_HEAD) else "backbone." + k: v for k, v in state.items()}
+        return load_state(self, state, {"backbone.": "backbone.", **DECODE_HEAD_MAP},
+                          verbose=verbose)
 
 def _segformer(variant: str, decoder_dim: int):
-    def build(num_classes, in_channels=1, kernels="torch", **kw):
+    def build(num_classes, in_channels=1, **kw):
         return SegFormer(num_classes, in_channels, variant=variant, decoder_dim=decoder_dim, **kw)
 
     return build

@@ -5,7 +5,7 @@ keeps the argmax indices. Decoder: mirrored, five blocks of 3, 3, 3, 2, 2 convs;
 max-unpools its input with the indices (and the output size) of the matching encoder pool, then
 3x3 conv + BN + ReLU, the last conv of a block narrowing to the next block's width. The last
 decoder conv outputs the class scores directly (no BN/ReLU), as the paper's final classifier.
-The pool/unpool pair comes from `segbench.layers`, which carries the `kernels` switch.
+The pool/unpool pair comes from `segbench.layers` and has a Triton path (`set_kernels`).
 Any input size: floor pooling, and each unpool restores the exact pre-pool size.
 """
 
@@ -23,10 +23,9 @@ from segbench.models.backbones.vgg import VGG16_DEPTHS
 class DecoderBlock(nn.Module):
     """Max-unpool, then `depth` 3x3 convs; the last one to `out_channels` (scores if `last`)."""
 
-    def __init__(self, channels: int, out_channels: int, depth: int, last: bool = False,
-                 kernels: str = "torch"):
+    def __init__(self, channels: int, out_channels: int, depth: int, last: bool = False):
         super().__init__()
-        self.unpool = MaxUnpool(2, 2, kernels=kernels)
+        self.unpool = MaxUnpool(2, 2)
         convs = [ConvBNAct(channels, channels) for _ in range(depth - 1)]
         convs.append(nn.Conv2d(channels, out_channels, 3, padding=1) if last
                      else ConvBNAct(channels, out_channels))
@@ -37,15 +36,14 @@ class DecoderBlock(nn.Module):
 
 
 class SegNet(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int = 1, width_mult: float = 1.0,
-                 kernels: str = "torch"):
+    def __init__(self, num_classes: int, in_channels: int = 1, width_mult: float = 1.0):
         super().__init__()
         self.encoder = vgg16_bn(in_channels=in_channels, width_mult=width_mult, pools=(None,) * 5)
-        self.pools = nn.ModuleList(MaxPoolWithIndices(2, 2, kernels=kernels) for _ in range(5))
+        self.pools = nn.ModuleList(MaxPoolWithIndices(2, 2) for _ in range(5))
         widths = self.encoder.channels
         self.decoder = nn.ModuleList(
             DecoderBlock(widths[i], widths[i - 1] if i else num_classes, VGG16_DEPTHS[i],
-                         last=i == 0, kernels=kernels)
+                         last=i == 0)
             for i in reversed(range(5))
         )
 
@@ -67,11 +65,11 @@ class SegNet(nn.Module):
 
 @register_model("segnet", paper_input_size=360, default=True,
                 description="SegNet, VGG16-BN encoder, index-unpooling mirrored decoder (paper)")
-def segnet(num_classes, in_channels=1, kernels="torch", **kw):
-    return SegNet(num_classes, in_channels, kernels=kernels, **kw)
+def segnet(num_classes, in_channels=1, **kw):
+    return SegNet(num_classes, in_channels, **kw)
 
 
 @register_model("segnet-small", paper_input_size=360, cpu=True,
                 description="SegNet topology at 1/8 width (CPU variant)")
-def segnet_small(num_classes, in_channels=1, kernels="torch", **kw):
-    return SegNet(num_classes, in_channels, width_mult=1 / 8, kernels=kernels, **kw)
+def segnet_small(num_classes, in_channels=1, **kw):
+    return SegNet(num_classes, in_channels, width_mult=1 / 8, **kw)

@@ -10,7 +10,8 @@ loss weight 0.4).
 - FCN auxiliary head: 3x3 conv, dropout 0.1, 1x1 classifier.
 Every conv of the heads is conv + BatchNorm + ReLU; up-sampling is bilinear, align_corners=False.
 The stride-4 logits are up-sampled to the padded input size and cropped to the input, so any
-H x W (odd sizes too) maps to itself. `forward_with_aux(x)` returns (logits, [(0.4, aux)]).
+H x W (odd sizes too) maps to itself (`SegmentationModel(..., crop=True)`); in training,
+`forward_with_aux(x)` returns (logits, [(0.4, aux)]).
 """
 
 from __future__ import annotations
@@ -19,20 +20,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from segbench.layers import ConvBNAct
+from segbench.layers import PPM, PPM_BINS, ConvBNAct, SegmentationModel, resize
 from segbench.models._registry import register_model
 from segbench.models.backbones._pretrained import LoadReport
 from segbench.models.backbones.swin import SWIN_CONFIGS, SwinTransformer
 from segbench.models.fcn import FCNHead
 
-AUX_WEIGHT = 0.4
-
-
-def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+AUX_STAGE = 2  # the auxiliary FCN head reads stage 3
 
 
 def _init_classifier(conv: nn.Conv2d) -> nn.Conv2d:
@@ -42,24 +38,14 @@ def _init_classifier(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
-class PyramidPooling(nn.ModuleList):
-    """One (adaptive average pool to b x b, 1x1 conv) branch per bin; outputs at the input size."""
-
-    def __init__(self, in_channels: int, channels: int, bins: Sequence[int] = (1, 2, 3, 6)):
-        super().__init__(nn.Sequential(nn.AdaptiveAvgPool2d(b), ConvBNAct(in_channels, channels, 1))
-                         for b in bins)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [_resize(branch(x), x.shape[-2:]) for branch in self]
-
-
 class UPerHead(nn.Module):
     def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int,
-                 bins: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1):
+                 bins: Sequence[int] = PPM_BINS, dropout: float = 0.1):
         super().__init__()
         *lateral_in, top_in = in_channels
-        self.psp_modules = PyramidPooling(top_in, channels, bins)
-        self.bottleneck = ConvBNAct(top_in + len(bins) * channels, channels, 3)
+        self.in_index = tuple(range(len(in_channels)))  # every stage, the finest first
+        self.psp_modules = PPM(top_in, channels, bins)
+        self.bottleneck = ConvBNAct(self.psp_modules.out_channels, channels, 3)
         self.lateral_convs = nn.ModuleList(ConvBNAct(c, channels, 1) for c in lateral_in)
         self.fpn_convs = nn.ModuleList(ConvBNAct(channels, channels, 3) for _ in lateral_in)
         self.fpn_bottleneck = ConvBNAct(len(in_channels) * channels, channels, 3)
@@ -69,44 +55,24 @@ class UPerHead(nn.Module):
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         *lower, top = features
         levels = [conv(f) for conv, f in zip(self.lateral_convs, lower, strict=True)]
-        levels.append(self.bottleneck(torch.cat([top, *self.psp_modules(top)], dim=1)))
+        levels.append(self.bottleneck(self.psp_modules(top)))
         for i in range(len(levels) - 1, 0, -1):
-            levels[i - 1] = levels[i - 1] + _resize(levels[i], levels[i - 1].shape[-2:])
+            levels[i - 1] = levels[i - 1] + resize(levels[i], levels[i - 1].shape[-2:])
         outs = [conv(level) for conv, level in zip(self.fpn_convs, levels[:-1], strict=True)]
         outs.append(levels[-1])
         size = outs[0].shape[-2:]
-        fused = self.fpn_bottleneck(torch.cat([outs[0]] + [_resize(o, size) for o in outs[1:]], 1))
+        fused = self.fpn_bottleneck(torch.cat([outs[0]] + [resize(o, size) for o in outs[1:]], 1))
         return self.conv_seg(self.dropout(fused))
 
 
-class SwinUPerNet(nn.Module):
+class SwinUPerNet(SegmentationModel):
     def __init__(self, num_classes: int, in_channels: int = 1, size: str = "tiny",
-                 head_channels: int = 512, aux_channels: int = 256, kernels: str = "torch",
-                 **backbone_kw):
-        super().__init__()
-        self.backbone = SwinTransformer(in_channels, **SWIN_CONFIGS[size], kernels=kernels,
-                                        **backbone_kw)
-        self.decode_head = UPerHead(self.backbone.channels, head_channels, num_classes)
-        self.auxiliary_head = FCNHead(self.backbone.channels[2], aux_channels, num_classes)
-        _init_classifier(self.auxiliary_head[-1])
-
-    def _output(self, logits: torch.Tensor, stride: int, size: Sequence[int]) -> torch.Tensor:
-        """Up-sample to the area the features cover (the padded input), crop to the input."""
-        padded = [stride * n for n in logits.shape[-2:]]
-        return _resize(logits, padded)[..., : size[0], : size[1]]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._decode(x)[0]
-
-    def _decode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        features = self.backbone(x)
-        logits = self._output(self.decode_head(features), self.backbone.strides[0], x.shape[-2:])
-        return logits, features
-
-    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, list]:
-        logits, features = self._decode(x)
-        aux = self._output(self.auxiliary_head(features[2]), self.backbone.strides[2], x.shape[-2:])
-        return logits, [(AUX_WEIGHT, aux)]
+                 head_channels: int = 512, aux_channels: int = 256, **backbone_kw):
+        backbone = SwinTransformer(in_channels, **SWIN_CONFIGS[size], **backbone_kw)
+        head = UPerHead(backbone.channels, head_channels, num_classes)
+        aux = FCNHead(backbone.channels[AUX_STAGE], aux_channels, num_classes, in_index=AUX_STAGE)
+        _init_classifier(aux[-1])
+        super().__init__(backbone, head, [aux], crop=True)
 
     def load_pretrained(self, path: str | Path) -> LoadReport:
         """ImageNet Swin weights into the backbone (see `SwinTransformer.load_pretrained`)."""
@@ -115,25 +81,25 @@ class SwinUPerNet(nn.Module):
 
 @register_model("swin", paper_input_size=512, default=True,
                 description="Swin-T + UPerNet (512 ch) + aux FCN, window 7, drop path 0.3 (paper)")
-def swin(num_classes, in_channels=1, kernels="torch", **kw):
-    return SwinUPerNet(num_classes, in_channels, size="tiny", kernels=kernels, **kw)
+def swin(num_classes, in_channels=1, **kw):
+    return SwinUPerNet(num_classes, in_channels, size="tiny", **kw)
 
 
 @register_model("swin-s", paper_input_size=512,
                 description="Swin-S + UPerNet (512 ch) + aux FCN, window 7, drop path 0.3 (paper)")
-def swin_s(num_classes, in_channels=1, kernels="torch", **kw):
-    return SwinUPerNet(num_classes, in_channels, size="small", kernels=kernels, **kw)
+def swin_s(num_classes, in_channels=1, **kw):
+    return SwinUPerNet(num_classes, in_channels, size="small", **kw)
 
 
 @register_model("swin-b", paper_input_size=512,
                 description="Swin-B + UPerNet (512 ch) + aux FCN, window 7, drop path 0.3 (paper)")
-def swin_b(num_classes, in_channels=1, kernels="torch", **kw):
-    return SwinUPerNet(num_classes, in_channels, size="base", kernels=kernels, **kw)
+def swin_b(num_classes, in_channels=1, **kw):
+    return SwinUPerNet(num_classes, in_channels, size="base", **kw)
 
 
 @register_model("swin-small", paper_input_size=512, cpu=True,
                 description="Swin 32-dim, depths 2-2-2-2, heads 1-2-4-8, window 7, drop path 0.1 "
                             "+ UPerNet (64 ch) + aux FCN (32 ch) (CPU variant)")
-def swin_small(num_classes, in_channels=1, kernels="torch", **kw):
+def swin_small(num_classes, in_channels=1, **kw):
     kw = dict(head_channels=64, aux_channels=32, drop_path_rate=0.1) | kw
-    return SwinUPerNet(num_classes, in_channels, size="mini", kernels=kernels, **kw)
+    return SwinUPerNet(num_classes, in_channels, size="mini", **kw)

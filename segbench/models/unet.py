@@ -42,7 +42,7 @@ class Up(nn.Module):
 
 class UNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 1, base_channels: int = 64,
-                 depth: int = 4, kernels: str = "torch"):
+                 depth: int = 4):
         super().__init__()
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.stem = DoubleConv(in_channels, widths[0])
@@ -62,11 +62,11 @@ class UNet(nn.Module):
 
 @register_model("unet", paper_input_size=572, default=True,
                 description="U-Net, 4 levels, 64 base channels (paper)")
-def unet(num_classes, in_channels=1, kernels="torch", **kw):
-    return UNet(num_classes, in_channels, base_channels=64, kernels=kernels, **kw)
+def unet(num_classes, in_channels=1, **kw):
+    return UNet(num_classes, in_channels, base_channels=64, **kw)
 
 
 @register_model("unet-small", paper_input_size=572, cpu=True,
                 description="U-Net, 4 levels, 16 base channels (CPU variant)")
-def unet_small(num_classes, in_channels=1, kernels="torch", **kw):
-    return UNet(num_classes, in_channels, base_channels=16, kernels=kernels, **kw)
+def unet_small(num_classes, in_channels=1, **kw):
+    return UNet(num_classes, in_channels, base_channels=16, **kw)

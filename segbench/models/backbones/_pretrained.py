@@ -17,6 +17,12 @@ are made by `load_state`, not refused (`adapt_tensor`):
   flattens (C, H, W) in that order).
 A family may add its own (`fit=`, e.g. Swin's relative position bias tables); any other shape
 difference is reported as a mismatch and that tensor is left as initialised.
+
+A file that fits fewer than MIN_MATCHED_SHARE of the target's tensors is refused with a
+`PretrainedMismatchError` (a ValueError that carries the report), and nothing is loaded: such a
+file is of another model or layout, and a silently random model would be trained instead.
+`load_backbone_or_model` takes a whole segmentation checkpoint (torchvision's layout: the
+backbone under `backbone.`, heads renamed by a prefix map) or a file of the backbone alone.
 """
 
 from __future__ import annotations
@@ -45,6 +51,20 @@ class LoadReport:
                  ("mismatched", [k for k, _, _ in self.mismatched])]
         details = [f"{kind} e.g. {keys[:3]}" for kind, keys in first if keys]
         return "pretrained: " + ", ".join(parts) + ("; " + "; ".join(details) if details else "")
+
+
+MIN_MATCHED_SHARE = 0.5  # of the target's tensors a file must fit to be loaded
+WHOLE_MODEL_PREFIX = "backbone."  # a file with such keys holds a whole segmentation model
+
+
+class PretrainedMismatchError(ValueError):
+    """The file fits fewer than MIN_MATCHED_SHARE of the target's tensors; `report` says why."""
+
+    def __init__(self, report: LoadReport, target: str, tensors: int):
+        self.report = report
+        super().__init__(f"pretrained weights fit {len(report.matched)} of the {tensors} tensors "
+                         f"of the {target}, fewer than MIN_MATCHED_SHARE = "
+                         f"{MIN_MATCHED_SHARE:.0%}, so nothing was loaded ({report})")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -129,8 +149,10 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor],
         loaded[name] = tensor
         report.matched.append(name)
     mismatched = {m for m, _, _ in report.mismatched}
-    report.missing = [k for k in own if k not in loaded and k not in mismatched
-                      and not (derived and k.endswith(derived))]
+    targets = [k for k in own if not (derived and k.endswith(derived))]
+    report.missing = [k for k in targets if k not in loaded and k not in mismatched]
+    if len(report.matched) < MIN_MATCHED_SHARE * len(targets):
+        raise PretrainedMismatchError(report, type(module).__name__, len(targets))
     module.load_state_dict(loaded, strict=False)
     if verbose:
         print(report)
@@ -142,3 +164,16 @@ def load_backbone_state(module: nn.Module, path: str | Path,
                         verbose: bool = True) -> LoadReport:
     """`load_state(module, read_state_dict(path), prefix_map)`: a local file into `module`."""
     return load_state(module, read_state_dict(path), prefix_map, verbose=verbose)
+
+
+def load_backbone_or_model(model: nn.Module, path: str | Path, head_map: dict[str, str],
+                           backbone_prefix_map: dict[str, str] | None = None,
+                           verbose: bool = True) -> LoadReport:
+    """A whole segmentation checkpoint (keys under `backbone.`, as torchvision's) into `model`,
+    the other keys renamed by `head_map` (keys it does not cover are unexpected); any other
+    file into `model.backbone`, renamed by `backbone_prefix_map`."""
+    state = read_state_dict(path)
+    if any(k.startswith(WHOLE_MODEL_PREFIX) for k in state):
+        prefix_map = {WHOLE_MODEL_PREFIX: WHOLE_MODEL_PREFIX} | head_map
+        return load_state(model, state, prefix_map, verbose=verbose)
+    return load_state(model.backbone, state, backbone_prefix_map, verbose=verbose)

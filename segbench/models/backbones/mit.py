@@ -142,10 +142,13 @@ class MixVisionTransformer(nn.Module):
     def load_pretrained(self, path: str | Path, verbose: bool = True) -> LoadReport:
         """Load an official (`mit_b*.pth`, or mmseg-style `backbone.`-prefixed) or a Hugging Face
         (`segformer.encoder.`) MiT state_dict from a local file; an RGB stem is adapted."""
-        state = read_state_dict(path)
-        if any(k.startswith("segformer.encoder.") for k in state):
-            state = hf_to_official(state)
-        return load_state(self, strip_prefixes(state, ("module.", "backbone.")), verbose=verbose)
+        return load_state(self, official_layout(read_state_dict(path)), verbose=verbose)
+
+
+def official_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Encoder keys of an official, mmseg-style (`backbone.`) or Hugging Face MiT state_dict in
+    the official layout, at the encoder's root; other keys (a decode head) are kept as given."""
+    return strip_prefixes(hf_to_official(state), ("module.", "backbone."))
 
 
 _HF_RENAMES = [  # (Hugging Face pattern, official replacement), applied in order

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segbench.layers import DropPath, window_attention
+from segbench.layers import DropPath, WindowAttentionCore
 from segbench.models.backbones._pretrained import (
     LoadReport,
     load_state,
@@ -110,17 +110,19 @@ class WindowAttention(nn.Module):
     """Multi-head self-attention inside square windows with a relative position bias.
 
     `forward(x, mask)`: x (B * nW, N, C) with N = w**2 for a window w <= `window`; mask
-    (nW, N, N) or None. The core is `segbench.layers.window_attention` on the `kernels` backend.
+    (nW, N, N) or None. The core, softmax(q k^T * scale + bias + mask) v, is
+    `segbench.layers.WindowAttentionCore`, which has a Triton path.
     """
 
-    def __init__(self, dim: int, num_heads: int, window: int, kernels: str = "torch"):
+    def __init__(self, dim: int, num_heads: int, window: int):
         super().__init__()
-        self.num_heads, self.window, self.kernels = num_heads, window, kernels
+        self.num_heads, self.window = num_heads, window
         self.scale = (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((2 * window - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window))
         self.qkv = nn.Linear(dim, 3 * dim)
+        self.core = WindowAttentionCore()
         self.proj = nn.Linear(dim, dim)
 
     def relative_position_bias(self, window: int) -> torch.Tensor:
@@ -136,16 +138,16 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d)
         bias = self.relative_position_bias(math.isqrt(N))
-        x = window_attention(q, k, v, bias=bias, mask=mask, scale=self.scale, kernels=self.kernels)
+        x = self.core(q, k, v, bias=bias, mask=mask, scale=self.scale)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
 class SwinBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, window: int, mlp_ratio: float = 4.0,
-                 drop_path: float = 0.0, kernels: str = "torch"):
+                 drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, num_heads, window, kernels)
+        self.attn = WindowAttention(dim, num_heads, window)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -185,10 +187,10 @@ class SwinStage(nn.Module):
     """Blocks (odd ones shifted) and an optional patch merging; returns (output, next input)."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, window: int,
-                 drop_paths: Sequence[float], downsample: bool, kernels: str = "torch"):
+                 drop_paths: Sequence[float], downsample: bool):
         super().__init__()
         self.window = window
-        self.blocks = nn.ModuleList(SwinBlock(dim, num_heads, window, drop_path=p, kernels=kernels)
+        self.blocks = nn.ModuleList(SwinBlock(dim, num_heads, window, drop_path=p)
                                     for p in drop_paths)
         self.downsample = PatchMerging(dim) if downsample else None
 
@@ -219,7 +221,7 @@ class PatchEmbed(nn.Module):
 class SwinTransformer(nn.Module):
     def __init__(self, in_channels: int = 3, embed_dim: int = 96,
                  depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
-                 window_size: int = 7, drop_path_rate: float = 0.3, kernels: str = "torch"):
+                 window_size: int = 7, drop_path_rate: float = 0.3):
         super().__init__()
         self.channels = [embed_dim * 2**i for i in range(len(depths))]
         self.strides = [4 * 2**i for i in range(len(depths))]
@@ -229,7 +231,7 @@ class SwinTransformer(nn.Module):
         starts = [sum(depths[:i]) for i in range(len(depths))]
         self.layers = nn.ModuleList(
             SwinStage(dim, depth, heads, window_size, rates[start:start + depth],
-                      downsample=i < len(depths) - 1, kernels=kernels)
+                      downsample=i < len(depths) - 1)
             for i, (dim, depth, heads, start) in enumerate(
                 zip(self.channels, depths, num_heads, starts, strict=True)))
         for i, dim in enumerate(self.channels):

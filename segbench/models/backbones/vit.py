@@ -10,9 +10,10 @@ Parameter names are timm's (`patch_embed.proj`, `cls_token`, `pos_embed`, `block
 `attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1`, `mlp.fc2`, `norm`), so a timm ViT state_dict loads
 with `load_pretrained`; timm's classifier (`head`, `fc_norm`) is reported as unexpected.
 
-`forward(x)` takes an input whose sides are multiples of the patch size and returns the token
-maps (N, C, H/p, W/p) of the blocks in `out_indices` (0-based; default: the last block); the last
-block's map has the final `norm` applied, as in mmsegmentation's ViT.
+`forward(x)` zero-pads the input at the bottom/right to a multiple of the patch size and returns
+the token maps (N, C, ceil(H/p), ceil(W/p)) of the blocks in `out_indices` (0-based; default: the
+last block), `strides` = p for each; the last block's map has the final `norm` applied, as in
+mmsegmentation's ViT.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class VisionTransformer(nn.Module):
         self.patch_size, self.embed_dim = patch_size, embed_dim
         self.grid = (img_size // patch_size,) * 2
         self.out_indices = tuple(out_indices)
+        self.strides = (patch_size,) * len(self.out_indices)
         self.num_prefix_tokens = int(class_token)
         self.patch_embed = PatchEmbed(in_channels, embed_dim, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
@@ -123,7 +125,8 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.patch_embed(x)
+        p = self.patch_size
+        x = self.patch_embed(F.pad(x, [0, -x.shape[-1] % p, 0, -x.shape[-2] % p]))
         n, c, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)
         if self.cls_token is not None:

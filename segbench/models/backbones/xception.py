@@ -8,7 +8,7 @@ Layout of the reference implementation (tensorflow/models research/deeplab, `xce
 - exit flow: a (728, 1024, 1024) block with stride 2 and a 1x1 residual, then separable convs
   of 1536, 1536 and 2048 channels without residual.
 Every max-pool of the original Xception is a stride-2 separable conv, and every depthwise conv
-is followed by BN + ReLU (`segbench.layers.SeparableConv2d`, whose `kernels` switch is passed on).
+is followed by BN + ReLU (`segbench.layers.SeparableConv2d`, which has a Triton path).
 
 Output stride as in the reference: once the running stride reaches `output_stride`, later
 strides become 1 and multiply the atrous rate of the units after them (OS16: the exit flow's
@@ -37,14 +37,14 @@ class XceptionBlock(nn.Module):
     """Three separable convs, stride on the last; residual: none, identity, or 1x1 conv + BN."""
 
     def __init__(self, in_channels: int, widths: Sequence[int], stride: int = 1,
-                 dilation: int = 1, residual: bool = True, kernels: str = "torch"):
+                 dilation: int = 1, residual: bool = True):
         super().__init__()
         convs, ch = [], in_channels
         for i, width in enumerate(widths):
             last = i == len(widths) - 1
             # Residual blocks add before the ReLU (applied after the sum, as in a ResNet block).
             convs.append(SeparableConv2d(ch, width, 3, stride if last else 1, dilation,
-                                         relu_out=not (last and residual), kernels=kernels))
+                                         relu_out=not (last and residual)))
             ch = width
         self.convs = nn.ModuleList(convs)
         self.residual = residual
@@ -70,8 +70,7 @@ class XceptionBlock(nn.Module):
 class AlignedXception(nn.Module):
     def __init__(self, in_channels: int = 1, output_stride: int = 16,
                  stem: Sequence[int] = (32, 64), entry: Sequence[int] = (128, 256, 728),
-                 middle_blocks: int = 16, exit_widths: Sequence[int] = (1024, 1536, 1536, 2048),
-                 kernels: str = "torch"):
+                 middle_blocks: int = 16, exit_widths: Sequence[int] = (1024, 1536, 1536, 2048)):
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be one of 8, 16, 32, got {output_stride}")
@@ -88,10 +87,10 @@ class AlignedXception(nn.Module):
         blocks, current_stride, rate = [], 2, 1
         for ch_in, widths, stride, residual in plan:
             if current_stride == output_stride:
-                blocks.append(XceptionBlock(ch_in, widths, 1, rate, residual, kernels))
+                blocks.append(XceptionBlock(ch_in, widths, 1, rate, residual))
                 rate *= stride
             else:
-                blocks.append(XceptionBlock(ch_in, widths, stride, 1, residual, kernels))
+                blocks.append(XceptionBlock(ch_in, widths, stride, 1, residual))
                 current_stride *= stride
         self.blocks = nn.ModuleList(blocks)
         self.channels = (entry[1], exit_widths[-1])
