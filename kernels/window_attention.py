@@ -50,15 +50,15 @@ HEAD_DIMS = (16, 32, 64)
 MIN_DOT_SIZE = 16  # tl.dot on the GPU wants every dimension >= 16
 # Query rows per program by keys per block (the whole window padded), per kernel and whether
 # fp32 dots run without tensor cores ("ieee", FMA: more registers per product); halved for
-# head dim 64 in the backward kernels. The forward holds 3 score-sized fp32 tiles, the
-# backward 3 and 5 products, the bias gradient 3 and a running sum. 8 warps (the most that
-# still give a thread 255 registers), 4 for small forward tiles.
+# head dim 64 in the backward kernels and in FMA forwards. The forward holds 3 score-sized
+# fp32 tiles, the backward 3 and 5 products, the bias gradient 3 and a running sum. 8 warps
+# (the most that still give a thread 255 registers), 4 for small forward tiles.
 _ROWS = {16: 16, 32: 32, 64: 64, 128: 64, 256: 32}
 _BACKWARD_ROWS = {16: 16, 32: 32, 64: 64, 128: 32, 256: 16}
 QUERY_ROWS = {
     ("forward", False): _ROWS, ("forward", True): _ROWS,
     ("backward", False): _BACKWARD_ROWS, ("backward", True): _BACKWARD_ROWS | {64: 32},
-    ("bias_grad", False): _BACKWARD_ROWS, ("bias_grad", True): _BACKWARD_ROWS,
+    ("bias_grad", False): _BACKWARD_ROWS, ("bias_grad", True): _BACKWARD_ROWS | {64: 32},
 }
 SMALL_TILE = 32 * 32
 # Backward programs per launch to aim for: enough to fill an H100's 132 SMs a few times over;
@@ -322,7 +322,7 @@ def launch_tiles(n_tokens: int, head_dim: int, dot: DotConfig, kernel: str) -> T
     block_n = max(MIN_DOT_SIZE, triton.next_power_of_2(n_tokens))
     fma = dot.dtype == tl.float32 and dot.precision == "ieee"
     rows = QUERY_ROWS[kernel, fma][block_n]
-    if head_dim > 32 and kernel != "forward":
+    if head_dim > 32 and (kernel != "forward" or fma):
         rows //= 2
     block_m = max(MIN_DOT_SIZE, min(block_n, rows))
     num_warps = 4 if kernel == "forward" and block_m * block_n <= SMALL_TILE else 8
