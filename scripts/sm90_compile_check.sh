@@ -2,9 +2,10 @@
 # Compile every Triton kernel launch for Hopper (sm_90) on a machine without a GPU, and fail on
 # any compile error, spill or shared memory over the 227 KB per-block limit.
 #
-# The check (triton_aot_check.py, shared tooling) records the launches of the kernel tests in
-# the interpreter plus those scripts/sm90_launches.py makes as a GPU would launch (bf16 dot
-# operands, GPU tile sizes, canonical shapes), then compiles each with Triton's own ptxas.
+# The check (triton_aot_check.py, shared tooling) runs the kernel tests in the interpreter and
+# records their launches, plus those scripts/sm90_launches.py makes as a GPU would launch (bf16
+# dot operands, canonical shapes), then compiles each with Triton's own ptxas. It fails when a
+# kernel test fails, too: under another Triton (PYTHON below) it is also that Triton's test run.
 #
 #   scripts/sm90_compile_check.sh [OUT]    default OUT: results/kernels/sm90_compile.txt
 #
@@ -32,5 +33,12 @@ set +e
   | sed -E 's/, [0-9]+\.[0-9] s([;,]|$)/\1/' | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
+# The capture ran the kernel tests in the interpreter: a failing test fails the check too
+# (the tool itself judges only the compiles). 5: no test selected.
+tests_exit=$(grep -o 'pytest exit [0-9]*' "$out" | head -1 | grep -o '[0-9]*$' || echo missing)
+if [ "$tests_exit" != 0 ] && [ "$tests_exit" != 5 ]; then
+  echo "sm90 compile check: the kernel tests failed in the interpreter (pytest exit $tests_exit)"
+  status=1
+fi
 echo "sm90 compile check: exit $status; output in $out"
 exit "$status"
