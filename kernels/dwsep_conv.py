@@ -26,7 +26,8 @@ accumulates in fp32. For fp32 inputs tl.dot follows PyTorch's own convolution po
 The interpreter computes fp32 dots exactly either way, and takes fp32 operands for bf16
 inputs (its bf16 dot is wrong): the one launch that differs from a GPU's.
 
-Resources (sm_90) and the reasoning behind the tiles: kernels/NOTES-dwsep.md.
+Resources (sm_90): scripts/sm90_compile_check.sh compiles every launch and autotune config;
+its output is results/kernels/sm90_compile.txt.
 """
 
 from __future__ import annotations
@@ -39,9 +40,13 @@ from torch.utils.flop_counter import register_flop_formula
 
 from kernels._common import (
     FVCORE_HANDLES,
+    DotConfig,
     check_device,
     check_float_dtype,
+    dot_config,
+    empty_output,
     interpreting,
+    output_memory_format,
     require,
 )
 
@@ -50,14 +55,10 @@ BACKWARD_OP_NAME = "segbench::dwsep_conv2d_backward"
 SUPPORTED_KERNEL_SIZES = (3, 5)
 MID_ACTIVATIONS = (None, "relu")
 
-# Tests set this to fill every output with NaN before launch, so an element the kernels
-# never write cannot pass for a correct one.
-POISON_OUTPUTS = False
-
 
 # ----------------------------------------------------------------------------- tiling
 # Resource limits (sm_90: 255 registers a thread, 227 KB shared memory a block) are met by
-# construction and checked by compiling every config for sm_90 (kernels/NOTES-dwsep.md):
+# construction and checked by compiling every config for sm_90 (scripts/sm90_compile_check.sh):
 # - shared memory: each kernel lowers its pipelining depth so that the loads in flight stay
 #   within PIPELINE_SMEM_BYTES; the pruner below drops configs whose bound exceeds the
 #   device's shared memory (a smaller GPU than Hopper).
@@ -336,35 +337,16 @@ def _depthwise_weight_grad_kernel(x_ptr, grad_mid_ptr, partial_ptr, N, C, H, W, 
 
 # ----------------------------------------------------------------------------- launchers
 
-_TORCH_TO_TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-
-
-def _dot_operands(dtype: torch.dtype) -> tuple[tl.dtype, str]:
-    """tl.dot operand dtype and input_precision (see the module docstring). The one launch
-    that differs between the GPU and the interpreter: bf16 dots give garbage in the
-    interpreter, so bf16 operands stay fp32 there (the compile check swaps them back)."""
-    if dtype == torch.float32:
-        return tl.float32, "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
-    if dtype == torch.bfloat16 and interpreting():
-        return tl.float32, "ieee"
-    # input_precision applies to fp32 operands only.
-    return _TORCH_TO_TL[dtype], "ieee"
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    """Outputs keep channels_last when the input is channels_last, as F.conv2d does."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+def _dot_config(dtype: torch.dtype) -> DotConfig:
+    """tl.dot operands (see the module docstring): fp32 follows PyTorch's convolution TF32
+    switch; bf16 operands are fp32 when launching for the interpreter, whose bf16 dots are
+    wrong (the one launch that differs from a GPU's; the compile check launches as a GPU)."""
+    return dot_config(dtype, allow_tf32=torch.backends.cudnn.allow_tf32)
 
 
 def _new_tensor(shape, like: torch.Tensor, memory_format=torch.contiguous_format,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device,
-                      memory_format=memory_format)
-    if POISON_OUTPUTS:
-        out.fill_(float("nan"))
-    return out
+    return empty_output(shape, dtype or like.dtype, like.device, memory_format)
 
 
 def _bias_or(bias: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
@@ -384,7 +366,7 @@ def _planar(t: torch.Tensor) -> torch.Tensor:
     expanded gradient), else a copy in x's memory format."""
     if t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3):
         return t
-    return t.contiguous(memory_format=_memory_format(t))
+    return t.contiguous(memory_format=output_memory_format(t))
 
 
 def _plane_strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -396,12 +378,12 @@ def _launch_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, dilation: int,
                     relu: bool) -> torch.Tensor:
     n, c, h, w = x.shape
     cout = pw_weight.shape[0]
-    out = _new_tensor((n, cout, h, w), x, _memory_format(x))
+    out = _new_tensor((n, cout, h, w), x, output_memory_format(x))
     if out.numel() == 0:
         return out
     x = _planar(x)
     dw_w, pw_w = dw_weight.contiguous(), pw_weight.reshape(cout, c).contiguous()
-    dot_dtype, precision = _dot_operands(x.dtype)
+    dot = _dot_config(x.dtype)
 
     def grid(meta):
         return (n * triton.cdiv(h * w, meta["BLOCK_P"]) * triton.cdiv(cout, meta["BLOCK_CO"]),)
@@ -410,8 +392,8 @@ def _launch_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, dilation: int,
         x, dw_w, _bias_or(dw_bias, dw_w), pw_w, _bias_or(pw_bias, pw_w), out,
         c, h, w, cout, dilation, *_plane_strides(x), *_plane_strides(out),
         KSIZE=dw_weight.shape[-1], HAS_DW_BIAS=dw_bias is not None,
-        HAS_PW_BIAS=pw_bias is not None, RELU=relu, DOT_DTYPE=dot_dtype,
-        DOT_PRECISION=precision,
+        HAS_PW_BIAS=pw_bias is not None, RELU=relu, DOT_DTYPE=dot.dtype,
+        DOT_PRECISION=dot.precision,
     )
     return out
 
@@ -424,7 +406,7 @@ def _launch_backward_mid(grad_out, x, dw_weight, dw_bias, pw_weight, dilation: i
     mid = _new_tensor((n * h * w, c), x)
     grad_mid = _new_tensor((n * h * w, c), x)
     dw_w, pw_w = dw_weight.contiguous(), pw_weight.reshape(cout, c).contiguous()
-    dot_dtype, precision = _dot_operands(x.dtype)
+    dot = _dot_config(x.dtype)
 
     def grid(meta):
         return (n * triton.cdiv(h * w, meta["BLOCK_P"]) * triton.cdiv(c, meta["BLOCK_CI"]),)
@@ -433,14 +415,14 @@ def _launch_backward_mid(grad_out, x, dw_weight, dw_bias, pw_weight, dilation: i
         x, dw_w, _bias_or(dw_bias, dw_w), pw_w, grad_out, mid, grad_mid,
         c, h, w, cout, dilation, *_plane_strides(x), *_plane_strides(grad_out),
         KSIZE=dw_weight.shape[-1], HAS_DW_BIAS=dw_bias is not None, RELU=relu,
-        DOT_DTYPE=dot_dtype, DOT_PRECISION=precision,
+        DOT_DTYPE=dot.dtype, DOT_PRECISION=dot.precision,
     )
     return mid, grad_mid
 
 
 def _launch_input_grad(grad_mid, x, dw_weight, dilation: int) -> torch.Tensor:
     n, c, h, w = x.shape
-    grad_x = _new_tensor(x.shape, x, _memory_format(x))
+    grad_x = _new_tensor(x.shape, x, output_memory_format(x))
     flipped = dw_weight.flip(-2, -1).contiguous()
     block_p, block_c, warps = INPUT_GRAD_BLOCKS
     grid = (n * triton.cdiv(h * w, block_p) * triton.cdiv(c, block_c),)
@@ -500,7 +482,8 @@ def _dwsep_conv2d_op(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Te
 @_dwsep_conv2d_op.register_fake
 def _(x, dw_weight, dw_bias, pw_weight, pw_bias, dilation, relu):
     n, _, h, w = x.shape
-    return x.new_empty((n, pw_weight.shape[0], h, w)).contiguous(memory_format=_memory_format(x))
+    return x.new_empty((n, pw_weight.shape[0], h, w)).contiguous(
+        memory_format=output_memory_format(x))
 
 
 @torch.library.custom_op(BACKWARD_OP_NAME, mutates_args=())
@@ -514,7 +497,7 @@ def _dwsep_conv2d_backward_op(
 @_dwsep_conv2d_backward_op.register_fake
 def _(grad_out, x, dw_weight, dw_bias, pw_weight, dilation, relu):
     c, cout = x.shape[1], pw_weight.shape[0]
-    return (x.new_empty(x.shape).contiguous(memory_format=_memory_format(x)),
+    return (x.new_empty(x.shape).contiguous(memory_format=output_memory_format(x)),
             torch.empty_like(dw_weight), x.new_empty(c), torch.empty_like(pw_weight),
             x.new_empty(cout))
 

@@ -83,6 +83,9 @@ class KernelContract:
     # assert_close tolerances by the dtype of the first differentiable input
     output_tolerance: dict[torch.dtype, dict] = {}
     grad_tolerance: dict[torch.dtype, dict] = {}
+    # atol times the largest reference magnitude (at least 1), for kernels whose outputs are
+    # sums of many terms: their rounding grows with the largest values, not with each element
+    atol_scales_with_reference: bool = False
     # what every kernel output starts as (floating outputs; integer ones start at the dtype's
     # largest value); a NaN poison needs reference outputs without NaN
     poison: float = math.nan
@@ -159,10 +162,22 @@ class KernelContract:
     def input_dtype(self, inputs: Inputs) -> torch.dtype:
         return inputs[self.differentiable[0]].dtype
 
-    def assert_matches_reference(self, inputs: Inputs, equal_nan: bool | None = None) -> tuple:
-        """Compares outputs and input gradients with the reference's; returns the outputs."""
+    def assert_close(self, actual: torch.Tensor, expected: torch.Tensor, tolerance: dict,
+                     what: str, equal_nan: bool | None = None) -> None:
+        """assert_close of actual (cast to expected's dtype) with `tolerance`; atol scaled by
+        the reference's magnitude where the class says so."""
         equal_nan = self.equal_nan if equal_nan is None else equal_nan
-        outputs, grads, input_grads = self.run_with_grads(self.kernel, inputs)
+        if self.atol_scales_with_reference and expected.numel() and tolerance["atol"]:
+            largest = expected.detach().abs().nan_to_num(0.0, 0.0, 0.0).max().item()
+            tolerance = tolerance | dict(atol=tolerance["atol"] * max(1.0, largest))
+        torch.testing.assert_close(actual.to(expected.dtype), expected, equal_nan=equal_nan,
+                                   msg=lambda m: f"{what}: {m}", **tolerance)
+
+    def assert_matches_reference(self, inputs: Inputs, equal_nan: bool | None = None,
+                                 kernel: Callable | None = None) -> tuple:
+        """Compares outputs and input gradients of `kernel` (default self.kernel) with the
+        reference's; returns the outputs."""
+        outputs, grads, input_grads = self.run_with_grads(kernel or self.kernel, inputs)
         expected, _, expected_grads = self.run_with_grads(
             self.reference, self.reference_inputs(inputs),
             [None if g is None else g.detach().clone() for g in grads])
@@ -172,16 +187,12 @@ class KernelContract:
             assert out.shape == ref.shape, f"output {i}: shape {out.shape} != {ref.shape}"
             assert out.dtype == (dtype if ref.is_floating_point() else ref.dtype), f"output {i}"
             tolerance = self.output_tolerance[dtype] if ref.is_floating_point() else EXACT
-            torch.testing.assert_close(out.to(ref.dtype), ref, equal_nan=equal_nan,
-                                       msg=lambda m, i=i: f"output {i}: {m}", **tolerance)
+            self.assert_close(out, ref, tolerance, f"output {i}", equal_nan)
         assert input_grads.keys() == expected_grads.keys()
         for name, grad in input_grads.items():
             assert grad.dtype == inputs[name].dtype, f"grad {name}: dtype {grad.dtype}"
-            expected_grad = expected_grads[name]
-            torch.testing.assert_close(grad.to(expected_grad.dtype), expected_grad,
-                                       equal_nan=equal_nan,
-                                       msg=lambda m, name=name: f"grad {name}: {m}",
-                                       **self.grad_tolerance[dtype])
+            self.assert_close(grad, expected_grads[name], self.grad_tolerance[dtype],
+                              f"grad {name}", equal_nan)
         return outputs
 
     # ------------------------------------------------------------------ the tests

@@ -1,44 +1,24 @@
-"""kernels.depthwise_separable_conv2d against its PyTorch reference, forward and gradients.
-
-On CPU the kernels run in the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
-so shapes are tiny; larger shapes run under the `gpu` marker. Inputs are fresh random
-numbers every run; each test prints its seed, and SEGBENCH_TEST_SEED=<seed> replays it.
+"""kernels.depthwise_separable_conv2d against its PyTorch reference, forward and gradients of
+every input, on the kernel contract (tests/kernel_contract.py). The reference is evaluated in
+float64 on the same (rounded) inputs. On CPU the kernels run in the Triton interpreter
+(tests/conftest.py sets TRITON_INTERPRET=1), so shapes are tiny; larger shapes run under the
+`gpu` marker.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
-
 import pytest
 import torch
+from kernel_contract import DEVICE, KernelContract, pytest_generate_tests  # noqa: F401
 
 from kernels import dwsep_conv
 from kernels._common import FVCORE_HANDLES
 from kernels.dwsep_conv import (
     depthwise_separable_conv2d,
     depthwise_separable_conv2d_reference,
+    dwsep_macs,
 )
 from segbench.layers import SeparableConv2d, set_kernels
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-# (rtol, atol) against a float64 reference computed from the same (rounded) inputs, for
-# outputs of order 1: fp32 exact products with fp32 sums; fp16/bf16 round the depthwise
-# intermediate and the output once each (2^-11 and 2^-8 relative).
-TOLERANCES = {
-    torch.float32: (1e-4, 1e-4),
-    torch.float16: (5e-3, 5e-3),
-    torch.bfloat16: (3e-2, 3e-2),
-}
-
-
-@pytest.fixture(autouse=True)
-def seed():
-    value = int(os.environ.get("SEGBENCH_TEST_SEED", secrets.randbits(31)))
-    print(f"seed={value} (replay with SEGBENCH_TEST_SEED={value})")
-    torch.manual_seed(value)
-    return value
 
 
 @pytest.fixture(autouse=True)
@@ -48,67 +28,27 @@ def exact_fp32(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
-@pytest.fixture(autouse=True)
-def poisoned_outputs(monkeypatch):
-    """Every kernel output starts as NaN, so an element no program writes fails the check."""
-    monkeypatch.setattr(dwsep_conv, "POISON_OUTPUTS", True)
-
-
-def make_inputs(n, c, h, w, cout, k, dtype=torch.float32, biases=True, device=DEVICE):
-    """Weights scaled by 1/sqrt(fan-in) so that every output is of order 1."""
+def make_inputs(n, c, h, w, cout, k, dtype=torch.float32, biases=True, dilation=1,
+                activation=None, layout="contiguous"):
+    """Weights scaled by 1/sqrt(fan-in) so that every output is of order 1. layout:
+    "contiguous", "channels_last" (x), or "strided" (x and every weight a strided view)."""
     def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, device=device) * scale).to(dtype)
+        return (torch.randn(*shape, device=DEVICE) * scale).to(dtype)
 
-    return dict(
-        x=rand(n, c, h, w),
-        dw_weight=rand(c, 1, k, k, scale=1 / k),
-        dw_bias=rand(c) if biases else None,
-        pw_weight=rand(cout, c, 1, 1, scale=c ** -0.5),
-        pw_bias=rand(cout) if biases else None,
-    )
-
-
-def as_float64(inputs):
-    return {name: None if t is None else t.detach().double() for name, t in inputs.items()}
-
-
-def assert_matches(actual, expected, dtype, what="output"):
-    rtol, atol = TOLERANCES[dtype]
-    scale = max(1.0, expected.abs().max().item())
-    assert actual.dtype == dtype, what
-    assert not torch.isnan(actual).any(), f"{what}: NaN left (element never written?)"
-    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol * scale,
-                               msg=lambda m: f"{what}: {m}")
-
-
-def run_forward(inputs, dilation, activation):
-    return depthwise_separable_conv2d(**inputs, dilation=dilation, mid_activation=activation)
-
-
-def check_forward(inputs, dilation=1, activation=None):
-    out = run_forward(inputs, dilation, activation)
-    expected = depthwise_separable_conv2d_reference(**as_float64(inputs), dilation=dilation,
-                                                    mid_activation=activation)
-    assert_matches(out, expected, inputs["x"].dtype)
-    return out
-
-
-def check_gradients(inputs, dilation=1, activation=None):
-    dtype = inputs["x"].dtype
-    leaves = {name: None if t is None else t.detach().requires_grad_()
-              for name, t in inputs.items()}
-    out = run_forward(leaves, dilation, activation)
-    grad_out = torch.randn_like(out)
-    out.backward(grad_out)
-    reference = {name: None if t is None else t.detach().double().requires_grad_()
-                 for name, t in inputs.items()}
-    expected = depthwise_separable_conv2d_reference(**reference, dilation=dilation,
-                                                    mid_activation=activation)
-    expected.backward(grad_out.double())
-    assert_matches(out, expected.detach(), dtype)
-    for name, leaf in leaves.items():
-        if leaf is not None:
-            assert_matches(leaf.grad, reference[name].grad, dtype, what=f"grad of {name}")
+    inputs = dict(x=rand(n, c, h, w), dw_weight=rand(c, 1, k, k, scale=1 / k),
+                  dw_bias=rand(c) if biases else None,
+                  pw_weight=rand(cout, c, 1, 1, scale=c ** -0.5),
+                  pw_bias=rand(cout) if biases else None,
+                  dilation=dilation, mid_activation=activation)
+    if layout == "channels_last":
+        inputs["x"] = inputs["x"].contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":  # strided channels, offset rows, strided cols, transposed weights
+        inputs["x"] = rand(n, 2 * c, h + 1, 2 * w)[:, ::2, 1:, ::2]
+        inputs["dw_weight"] = rand(2 * c, 1, k, k, scale=1 / k)[::2]
+        inputs["dw_bias"] = rand(2 * c)[::2] if biases else None
+        inputs["pw_weight"] = rand(c, cout, 1, 1, scale=c ** -0.5).transpose(0, 1)
+        inputs["pw_bias"] = rand(2 * cout)[::2] if biases else None
+    return inputs
 
 
 # (n, c, h, w, cout, k, dilation): odd sizes, channel counts that are not multiples of the
@@ -121,188 +61,213 @@ SHAPES = {
     "k5-dilation>=H": (1, 4, 5, 5, 3, 5, 3),
 }
 
-
-@pytest.mark.parametrize("activation", [None, "relu"])
-@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-def test_forward_matches_reference(shape, activation):
-    n, c, h, w, cout, k, dilation = shape
-    check_forward(make_inputs(n, c, h, w, cout, k), dilation, activation)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_half_precision_forward_and_gradients(dtype):
-    # bf16 passes in the interpreter too because tl.dot operands stay fp32 there.
-    check_gradients(make_inputs(2, 20, 5, 7, 18, 3, dtype), dilation=2, activation="relu")
-
-
-@pytest.mark.parametrize("activation", [None, "relu"])
-@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-def test_gradients_match_reference(shape, activation):
-    n, c, h, w, cout, k, dilation = shape
-    check_gradients(make_inputs(n, c, h, w, cout, k), dilation, activation)
-
-
 # Tiny shapes whose sizes and strides are divisible as those of the canonical benchmark
 # shapes (benchmarks/bench_dwsep_conv.py) are: Triton specialises a kernel on which integer
 # arguments are multiples of 16 or equal to 1, so these make the sm_90 compile check
-# (tools/triton_aot_check.py over this file) compile what the benchmark launches.
+# (scripts/sm90_compile_check.sh over this file) compile what the benchmark launches.
 BENCHMARK_LIKE_SHAPES = {
     "aspp-d12": (1, 32, 16, 16, 32, 3, 12),  # C, C_out, H, W multiples of 16
     "decoder-d1": (1, 32, 16, 16, 16, 3, 1),  # dilation 1
     "xception-d2": (1, 24, 16, 16, 24, 3, 2),  # 728 channels: a multiple of 8, not of 16
 }
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
-                         ids=["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("shape", BENCHMARK_LIKE_SHAPES.values(),
-                         ids=BENCHMARK_LIKE_SHAPES.keys())
-def test_benchmark_like_shapes(shape, dtype):
-    n, c, h, w, cout, k, dilation = shape
-    check_gradients(make_inputs(n, c, h, w, cout, k, dtype), dilation, "relu")
-
-
-def test_fp32_with_tf32_allowed(monkeypatch):
-    """The fp32 default of a model run (cudnn.allow_tf32 is on unless turned off)."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    monkeypatch.setitem(TOLERANCES, torch.float32, (5e-3, 5e-3))  # 10-bit TF32 mantissa
-    n, c, h, w, cout, k, dilation = BENCHMARK_LIKE_SHAPES["aspp-d12"]
-    check_gradients(make_inputs(n, c, h, w, cout, k), dilation, "relu")
-
-
-@pytest.mark.parametrize("dw_bias, pw_bias", [(False, True), (True, False), (False, False)])
-def test_missing_biases(dw_bias, pw_bias):
-    inputs = make_inputs(1, 5, 4, 6, 7, 3)
-    inputs["dw_bias"] = inputs["dw_bias"] if dw_bias else None
-    inputs["pw_bias"] = inputs["pw_bias"] if pw_bias else None
-    check_gradients(inputs, dilation=2, activation="relu")
-
-
-def test_channels_last_input_keeps_its_layout():
-    inputs = make_inputs(2, 18, 5, 3, 6, 3)
-    inputs["x"] = inputs["x"].contiguous(memory_format=torch.channels_last)
-    out = check_forward(inputs, dilation=1, activation="relu")
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    check_gradients(inputs, dilation=2, activation="relu")
-
-
-def test_non_contiguous_inputs():
-    inputs = make_inputs(2, 6, 9, 11, 5, 3)
-    inputs["x"] = inputs["x"][:, ::2, 1:, ::2]  # strided channels, offset rows, strided cols
-    inputs["dw_weight"] = inputs["dw_weight"][::2]
-    inputs["dw_bias"] = inputs["dw_bias"][::2]
-    inputs["pw_weight"] = torch.randn(3, 5, 1, 1, device=DEVICE).transpose(0, 1)
-    inputs["pw_bias"] = torch.randn(10, device=DEVICE)[::2]
-    assert not inputs["x"].is_contiguous()
-    check_gradients(inputs, dilation=1, activation="relu")
-
-
-def test_gradient_through_a_broadcast_grad_output():
-    """out.sum() hands backward an expanded grad_out with zero strides."""
-    inputs = {name: None if t is None else t.requires_grad_()
-              for name, t in make_inputs(1, 5, 4, 3, 6, 3).items()}
-    run_forward(inputs, 2, "relu").sum().backward()
-    reference = {name: t.detach().double().requires_grad_() for name, t in inputs.items()}
-    depthwise_separable_conv2d_reference(**reference, dilation=2,
-                                         mid_activation="relu").sum().backward()
-    for name, leaf in inputs.items():
-        assert_matches(leaf.grad, reference[name].grad, torch.float32, what=f"grad of {name}")
-
-
-def test_empty_batch():
-    inputs = make_inputs(0, 4, 5, 5, 3, 3)
-    assert run_forward(inputs, 1, None).shape == (0, 3, 5, 5)
-
-
-def _bad(**changes):
-    inputs = make_inputs(1, 4, 5, 5, 3, 3)
-    inputs.update(changes)
-    return inputs
-
-
-BAD_INPUTS = {
-    "3-d x": (_bad(x=torch.randn(4, 5, 5)), 1, None, "4-d"),
-    "K=4": (_bad(dw_weight=torch.randn(4, 1, 4, 4)), 1, None, "K in"),
-    "K=1": (_bad(dw_weight=torch.randn(4, 1, 1, 1)), 1, None, "K in"),
-    "non-square K": (_bad(dw_weight=torch.randn(4, 1, 3, 5)), 1, None, "K in"),
-    "dw channels": (_bad(dw_weight=torch.randn(5, 1, 3, 3)), 1, None, "dw_weight"),
-    "pw channels": (_bad(pw_weight=torch.randn(3, 5, 1, 1)), 1, None, "pw_weight"),
-    "pw not 1x1": (_bad(pw_weight=torch.randn(3, 4, 3, 3)), 1, None, "pw_weight"),
-    "dw_bias shape": (_bad(dw_bias=torch.randn(3)), 1, None, "dw_bias"),
-    "pw_bias shape": (_bad(pw_bias=torch.randn(4)), 1, None, "pw_bias"),
-    "dilation 0": (_bad(), 0, None, "dilation"),
-    "tuple dilation": (_bad(), (2, 2), None, "dilation"),
-    "activation": (_bad(), 1, "gelu", "mid_activation"),
-    "int dtype": (_bad(x=torch.ones(1, 4, 5, 5, dtype=torch.int32)), 1, None, "float32"),
-    "mixed dtypes": (_bad(x=torch.randn(1, 4, 5, 5, dtype=torch.float64)), 1, None, "float32"),
-    "weight dtype": (_bad(pw_bias=torch.randn(3, dtype=torch.float16)), 1, None, "dtype"),
+# GPU only: larger shapes, both layouts, every dtype.
+GPU_SHAPES = {
+    "aspp-d12": (2, 256, 33, 64, 96, 3, 12),
+    "xception-d2": (2, 728, 16, 17, 728, 3, 2),
+    "decoder": (1, 304, 40, 40, 256, 3, 1),
+    "k5-d18": (1, 130, 30, 30, 70, 5, 18),
 }
 
 
-@pytest.mark.parametrize("inputs, dilation, activation, message", BAD_INPUTS.values(),
-                         ids=BAD_INPUTS.keys())
-def test_rejects_what_it_cannot_compute(inputs, dilation, activation, message):
-    with pytest.raises(ValueError, match=message):
-        run_forward(inputs, dilation, activation)
+def shape_case(shape, **more) -> dict:
+    n, c, h, w, cout, k, dilation = shape
+    return dict(n=n, c=c, h=h, w=w, cout=cout, k=k, dilation=dilation, **more)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-without-interpreter path")
-def test_rejects_cpu_tensors_outside_the_interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match="CUDA"):
-        run_forward(make_inputs(1, 4, 5, 5, 3, 3), 1, None)
+CASES = {
+    **{f"{name}-{activation or 'linear'}": shape_case(shape, activation=activation)
+       for name, shape in SHAPES.items() for activation in (None, "relu")},
+    # bf16 passes in the interpreter too because tl.dot operands stay fp32 there.
+    **{f"{dtype}-dilated-relu": shape_case((2, 20, 5, 7, 18, 3, 2), dtype=DTYPES[dtype],
+                                           activation="relu") for dtype in ("fp16", "bf16")},
+    **{f"benchmark-like-{name}-{dtype}": shape_case(shape, dtype=DTYPES[dtype], activation="relu")
+       for name, shape in BENCHMARK_LIKE_SHAPES.items() for dtype in DTYPES},
+    **{f"biases-dw{int(dw)}-pw{int(pw)}": shape_case((1, 5, 4, 6, 7, 3, 2), activation="relu",
+                                                     biases=(dw, pw))
+       for dw, pw in [(False, True), (True, False), (False, False)]},
+    **{f"channels-last-d{d}": shape_case((2, 18, 5, 3, 6, 3, d), activation="relu",
+                                         layout="channels_last") for d in (1, 2)},
+    "non-contiguous": shape_case((2, 3, 8, 6, 5, 3, 1), activation="relu", layout="strided"),
+}
 
 
-def test_registered_as_custom_op():
-    inputs = make_inputs(1, 5, 4, 3, 6, 3)
-    args = (*inputs.values(), 2, True)
-    torch.library.opcheck(torch.ops.segbench.dwsep_conv2d.default, args,
-                          test_utils=("test_schema", "test_faketensor",
-                                      "test_autograd_registration"))
+def _with_biases(inputs: dict, biases) -> dict:
+    if isinstance(biases, tuple):
+        dw, pw = biases
+        inputs["dw_bias"] = inputs["dw_bias"] if dw else None
+        inputs["pw_bias"] = inputs["pw_bias"] if pw else None
+    return inputs
 
 
-def test_flop_counter_counts_like_the_reference():
-    from torch.utils.flop_counter import FlopCounterMode
-
-    inputs = make_inputs(2, 5, 4, 3, 6, 5)
-    counts = []
-    for fn in (depthwise_separable_conv2d, depthwise_separable_conv2d_reference):
-        with FlopCounterMode(display=False) as counter:
-            fn(**inputs, dilation=1, mid_activation="relu")
-        counts.append(counter.get_total_flops())
-    n, c, h, w, cout, k = 2, 5, 4, 3, 6, 5
-    assert counts[0] == counts[1] == 2 * n * h * w * c * (k * k + cout)
+def _bad_x(*shape, dtype=torch.float32):
+    return lambda _: dict(x=torch.ones(*shape, dtype=dtype, device=DEVICE))
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-def test_fvcore_handle_counts_multiply_adds_like_the_reference():
-    from fvcore.nn import FlopCountAnalysis
-
-    class Wrap(torch.nn.Module):
-        def __init__(self, fn):
-            super().__init__()
-            self.fn = fn
-
-        def forward(self, x, dw_weight, dw_bias, pw_weight, pw_bias):
-            return self.fn(x, dw_weight, dw_bias, pw_weight, pw_bias, 2, "relu")
-
-    inputs = tuple(make_inputs(1, 5, 4, 3, 6, 3).values())
-    fused = FlopCountAnalysis(Wrap(depthwise_separable_conv2d), inputs)
-    fused.set_op_handle(**FVCORE_HANDLES).unsupported_ops_warnings(False)
-    reference = FlopCountAnalysis(Wrap(depthwise_separable_conv2d_reference), inputs)
-    reference.unsupported_ops_warnings(False)
-    assert fused.by_operator() == {"dwsep_conv2d": 4 * 3 * 5 * (9 + 6)}  # fvcore drops "segbench::"
-    assert fused.total() == reference.total()
+def _bad(name, *shape, dtype=torch.float32):
+    return lambda _: {name: torch.randn(*shape, device=DEVICE).to(dtype)}
 
 
-def test_torch_compile_traces_the_op_without_graph_breaks():
-    inputs = {name: t.requires_grad_() for name, t in make_inputs(1, 5, 4, 3, 6, 3).items()}
-    compiled = torch.compile(run_forward, backend="aot_eager", fullgraph=True)
-    out = compiled(inputs, 2, "relu")
-    out.backward(torch.ones_like(out))
-    expected = depthwise_separable_conv2d_reference(**as_float64(inputs), dilation=2,
-                                                    mid_activation="relu")
-    assert_matches(out, expected.detach(), torch.float32)
+class TestDepthwiseSeparableConv(KernelContract):
+    cases = CASES
+    empty_case = dict(n=0, c=4, h=5, w=5, cout=3, k=3)
+    small_case = dict(n=1, c=4, h=5, w=5, cout=3, k=3)
+    differentiable = ("x", "dw_weight", "dw_bias", "pw_weight", "pw_bias")
+    # (rtol, atol) against a float64 reference computed from the same (rounded) inputs, atol
+    # scaled by the largest reference magnitude (at least 1): fp32 exact products with fp32
+    # sums; fp16/bf16 round the depthwise intermediate and the output once each (2^-11 and
+    # 2^-8 relative).
+    output_tolerance = {
+        torch.float32: dict(rtol=1e-4, atol=1e-4),
+        torch.float16: dict(rtol=5e-3, atol=5e-3),
+        torch.bfloat16: dict(rtol=3e-2, atol=3e-2),
+    }
+    grad_tolerance = output_tolerance
+    atol_scales_with_reference = True
+    rejected = {
+        "3-d x": (_bad_x(4, 5, 5), "4-d"),
+        "K=4": (_bad("dw_weight", 4, 1, 4, 4), "K in"),
+        "K=1": (_bad("dw_weight", 4, 1, 1, 1), "K in"),
+        "non-square K": (_bad("dw_weight", 4, 1, 3, 5), "K in"),
+        "dw channels": (_bad("dw_weight", 5, 1, 3, 3), "dw_weight"),
+        "pw channels": (_bad("pw_weight", 3, 5, 1, 1), "pw_weight"),
+        "pw not 1x1": (_bad("pw_weight", 3, 4, 3, 3), "pw_weight"),
+        "dw_bias shape": (_bad("dw_bias", 3), "dw_bias"),
+        "pw_bias shape": (_bad("pw_bias", 4), "pw_bias"),
+        "dilation 0": (lambda _: dict(dilation=0), "dilation"),
+        "tuple dilation": (lambda _: dict(dilation=(2, 2)), "dilation"),
+        "activation": (lambda _: dict(mid_activation="gelu"), "mid_activation"),
+        "int dtype": (_bad_x(1, 4, 5, 5, dtype=torch.int32), "float32"),
+        "mixed dtypes": (_bad("x", 1, 4, 5, 5, dtype=torch.float64), "float32"),
+        "weight dtype": (_bad("pw_bias", 3, dtype=torch.float16), "dtype"),
+    }
+
+    def make_inputs(self, n, c, h, w, cout, k, biases=True, **more):
+        return _with_biases(make_inputs(n, c, h, w, cout, k, **more), biases)
+
+    def kernel(self, **inputs):
+        return depthwise_separable_conv2d(**inputs)
+
+    def reference(self, **inputs):
+        return depthwise_separable_conv2d_reference(**inputs)
+
+    def reference_inputs(self, inputs):
+        return {n: t.double() if isinstance(t, torch.Tensor) else t for n, t in inputs.items()}
+
+    def opcheck_cases(self):
+        inputs = make_inputs(1, 5, 4, 3, 6, 3)
+        tensors = [inputs[n] for n in self.differentiable]
+        return [(torch.ops.segbench.dwsep_conv2d.default, (*tensors, 2, True))]
+
+    def expected_flops(self, inputs):
+        # 2 FLOPs per multiply-add, as the counter does for aten.convolution: the forward; the
+        # recomputed depthwise, and the input and weight gradients of each conv backward
+        n, c, h, w = inputs["x"].shape
+        depthwise = n * h * w * c * inputs["dw_weight"].shape[-1] ** 2
+        pointwise = n * h * w * c * inputs["pw_weight"].shape[0]
+        return {"segbench.dwsep_conv2d": 2 * (depthwise + pointwise),
+                "segbench.dwsep_conv2d_backward": 2 * (3 * depthwise + 2 * pointwise)}
+
+    def expected_fvcore_flops(self, inputs):
+        return dwsep_macs(inputs["x"].shape, inputs["dw_weight"].shape,
+                          inputs["pw_weight"].shape)
+
+    def test_channels_last_input_keeps_its_layout(self):
+        inputs = self.make_inputs(2, 18, 5, 3, 6, 3, activation="relu", layout="channels_last")
+        out, = self.assert_matches_reference(inputs)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+    def test_fp32_with_tf32_allowed(self, monkeypatch):
+        """The fp32 default of a model run (cudnn.allow_tf32 is on unless turned off)."""
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+        for tolerances in (self.output_tolerance, self.grad_tolerance):  # 10-bit TF32 mantissa
+            monkeypatch.setitem(tolerances, torch.float32, dict(rtol=5e-3, atol=5e-3))
+        self.assert_matches_reference(
+            self.make_inputs(**shape_case(BENCHMARK_LIKE_SHAPES["aspp-d12"], activation="relu")))
+
+    def test_gradient_through_a_broadcast_grad_output(self):
+        """out.sum() hands backward an expanded grad_out with zero strides."""
+        inputs = self.make_inputs(1, 5, 4, 3, 6, 3, dilation=2, activation="relu")
+        outputs, _, grads = self.run_with_grads(self.kernel, inputs,
+                                                [torch.ones(()).expand(1, 6, 4, 3)])
+        _, _, expected = self.run_with_grads(self.reference, self.reference_inputs(inputs),
+                                             [torch.ones(()).expand(1, 6, 4, 3)])
+        for name, grad in grads.items():
+            self.assert_close(grad, expected[name], self.grad_tolerance[torch.float32],
+                              f"grad {name}")
+
+    @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-without-interpreter path")
+    def test_rejects_cpu_tensors_outside_the_interpreter(self, monkeypatch):
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(ValueError, match="CUDA"):
+            self.kernel(**self.make_inputs(**self.small_case))
+
+    def test_flop_counter_counts_like_the_reference(self):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        inputs = self.make_inputs(2, 5, 4, 3, 6, 5, activation="relu")
+        counts = []
+        for fn in (self.kernel, self.reference):
+            with FlopCounterMode(display=False) as counter:
+                fn(**inputs)
+            counts.append(counter.get_total_flops())
+        n, c, h, w, cout, k = 2, 5, 4, 3, 6, 5
+        assert counts[0] == counts[1] == 2 * n * h * w * c * (k * k + cout)
+
+    @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+    def test_fvcore_handle_counts_multiply_adds_like_the_reference(self):
+        from fvcore.nn import FlopCountAnalysis
+
+        class Wrap(torch.nn.Module):
+            def __init__(self, fn):
+                super().__init__()
+                self.fn = fn
+
+            def forward(self, x, dw_weight, dw_bias, pw_weight, pw_bias):
+                return self.fn(x, dw_weight, dw_bias, pw_weight, pw_bias, 2, "relu")
+
+        inputs = make_inputs(1, 5, 4, 3, 6, 3)
+        tensors = tuple(inputs[n] for n in self.differentiable)
+        fused = FlopCountAnalysis(Wrap(depthwise_separable_conv2d), tensors)
+        fused.set_op_handle(**FVCORE_HANDLES).unsupported_ops_warnings(False)
+        reference = FlopCountAnalysis(Wrap(depthwise_separable_conv2d_reference), tensors)
+        reference.unsupported_ops_warnings(False)
+        assert fused.by_operator() == {"dwsep_conv2d": 4 * 3 * 5 * (9 + 6)}  # no "segbench::"
+        assert fused.total() == reference.total()
+
+    def test_torch_compile_traces_the_op_without_graph_breaks(self):
+        inputs = self.make_inputs(1, 5, 4, 3, 6, 3, dilation=2, activation="relu")
+        compiled = torch.compile(depthwise_separable_conv2d, backend="aot_eager",
+                                 fullgraph=True)
+        self.assert_matches_reference(inputs, kernel=lambda **args: compiled(**args))
+
+    @pytest.mark.gpu
+    @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+    @pytest.mark.parametrize("shape", GPU_SHAPES.values(), ids=GPU_SHAPES.keys())
+    @pytest.mark.parametrize("layout", ["contiguous", "channels_last"], ids=["nchw", "nhwc"])
+    def test_gpu_shapes_forward_and_gradients(self, shape, dtype, layout):
+        self.assert_matches_reference(self.make_inputs(**shape_case(
+            shape, dtype=dtype, activation="relu", layout=layout)))
+
+    @pytest.mark.gpu
+    def test_gpu_fp32_with_tf32_allowed(self, monkeypatch):
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+        for tolerances in (self.output_tolerance, self.grad_tolerance):  # 10-bit TF32 mantissa
+            monkeypatch.setitem(tolerances, torch.float32, dict(rtol=5e-3, atol=5e-3))
+        self.assert_matches_reference(self.make_inputs(**shape_case(GPU_SHAPES["aspp-d12"],
+                                                                    activation="relu")))
 
 
 # ----------------------------------------------------------------------------- autotuning
@@ -391,33 +356,3 @@ def test_layer_triton_training_step_matches_torch():
 def test_layer_rejects_unknown_backend():
     with pytest.raises(ValueError, match="kernels"):
         set_kernels(SeparableConv2d(4, 4), "cuda")
-
-
-# ----------------------------------------------------------------------------- GPU only
-
-GPU_SHAPES = {
-    "aspp-d12": (2, 256, 33, 64, 96, 3, 12),
-    "xception-d2": (2, 728, 16, 17, 728, 3, 2),
-    "decoder": (1, 304, 40, 40, 256, 3, 1),
-    "k5-d18": (1, 130, 30, 30, 70, 5, 18),
-}
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
-                         ids=["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("shape", GPU_SHAPES.values(), ids=GPU_SHAPES.keys())
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_gpu_shapes_forward_and_gradients(shape, dtype, channels_last):
-    n, c, h, w, cout, k, dilation = shape
-    inputs = make_inputs(n, c, h, w, cout, k, dtype)
-    if channels_last:
-        inputs["x"] = inputs["x"].contiguous(memory_format=torch.channels_last)
-    check_gradients(inputs, dilation, "relu")
-
-
-@pytest.mark.gpu
-def test_gpu_fp32_with_tf32_allowed(monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    monkeypatch.setitem(TOLERANCES, torch.float32, (5e-3, 5e-3))  # 10-bit TF32 mantissa
-    check_gradients(make_inputs(*GPU_SHAPES["aspp-d12"][:6]), 12, "relu")
