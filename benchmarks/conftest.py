@@ -21,14 +21,13 @@ from _roofline import (
     WARMUP,
     Roofline,
     bench_device,
-    copy_bandwidth_gb_s,
+    copy_bandwidth,
     l2_flusher,
-    median_ms,
     method,
 )
 
 KERNEL_FIXTURES = {"roofline", "compare"}
-CUDA_ONLY_FIXTURES = {"gpu_benchmark", "copy_bandwidth_gbs"}  # not rehearsed on the CPU
+CUDA_ONLY_FIXTURES = {"gpu_benchmark"}  # not rehearsed on the CPU
 
 
 def pytest_addoption(parser):
@@ -52,12 +51,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def roofline(request) -> Roofline:
     device = bench_device()
-    board = Roofline(device, copy_bandwidth_gb_s(device))
+    board = Roofline(device, *copy_bandwidth(device))
     yield board
     path = request.config.getoption("--roofline-json")
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps({"method": method(device), "copy_gb_s": board.copy_gb_s,
+                                          "copy_problems": board.copy_problems,
                                           "rows": board.rows}, indent=1, default=str))
 
 
@@ -90,22 +90,10 @@ def compare(request, roofline):
     return run
 
 
-# The fixtures below are the older interface bench_dwsep_conv.py uses; they time as _roofline.
-
-
-def cuda_median_ms(fn, warmup: int = WARMUP, repeats: int = REPEATS, cold_l2: bool = True) -> float:
-    """Median ms of fn() on CUDA by _roofline's policy."""
-    return median_ms(fn, torch.device("cuda"), warmup, repeats, cold_l2)[0]
-
-
-@pytest.fixture(scope="session")
-def copy_bandwidth_gbs() -> float:
-    return copy_bandwidth_gb_s(torch.device("cuda"))
-
-
 @pytest.fixture
 def gpu_benchmark(benchmark):
-    """pytest-benchmark with a synchronize after every call and L2 flushed before each round."""
+    """pytest-benchmark with a synchronize after every call and L2 flushed before each round
+    (for benchmarks that are not kernel cases, such as a model's training step)."""
     flush = l2_flusher(torch.device("cuda"))
 
     def run(fn, *args, **kwargs):

@@ -7,7 +7,8 @@ Reads, in that folder: run.tsv and steps.tsv (the script's record of the run and
 kernels_*.json (rows of benchmarks/_roofline.py) and e2e/results.csv (segbench run --kernels
 both). A ratio is
 printed as a difference only when the two timings' p20-p80 intervals do not overlap; otherwise
-it is marked "~" (a tie at this spread). What is missing is said, never left out.
+it is marked "~" (a tie at this spread). A row whose timing rounds disagree (unstable) is
+marked "!" and its reason listed under the table. What is missing is said, never left out.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def kernel_rows(folder: Path) -> tuple[list[dict], list[dict]]:
     for path in sorted(folder.glob("kernels_*.json")):
         data = json.loads(path.read_text())
         rows += data["rows"]
-        methods.append(data["method"] | {"file": path.name, "copy_gb_s": data["copy_gb_s"]})
+        methods.append(data["method"] | {"file": path.name, "copy_gb_s": data["copy_gb_s"],
+                                         "copy_problems": data["copy_problems"]})
     return rows, methods
 
 
@@ -84,11 +86,21 @@ def _ratio_cell(row: dict, baseline: str, by_impl: dict) -> str:
     return f"{mark}{value:.2f}x"
 
 
+UNSTABLE_MARK = "!"
+
+
+def _timing_cell(row: dict) -> str:
+    cell = (f"{row['ms']:.4f} ({row['p20_ms']:.4f}-{row['p80_ms']:.4f}) "
+            f"±{row['spread_pct'] / 2:.0f}%")
+    return f"{UNSTABLE_MARK} {cell}" if row["unstable"] else cell
+
+
 def kernel_table(rows: list[dict]) -> list[str]:
-    """One markdown table: a row per implementation of each case, ratios on the candidates."""
+    """One markdown table: a row per implementation of each case, ratios on the candidates;
+    then the reasons of the unstable rows."""
     baselines = sorted({k[len(RATIO_PREFIX):] for r in rows for k in r if
                         k.startswith(RATIO_PREFIX)})
-    head = ["case", "dtype", "passes", "implementation", "ms (p20-p80)",
+    head = ["case", "dtype", "passes", "implementation", "ms (p20-p80) ± rounds",
             *[f"vs {b}" for b in baselines], "GB/s", "% of copy", "TFLOP/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     cases: dict[tuple, dict] = {}
@@ -96,11 +108,15 @@ def kernel_table(rows: list[dict]) -> list[str]:
         cases.setdefault((r["case"], r["dtype"], r["passes"]), {})[r["implementation"]] = r
     for (case, dtype, passes), by_impl in cases.items():
         for impl, r in by_impl.items():
-            timing = f"{r['ms']:.4f} ({r['p20_ms']:.4f}-{r['p80_ms']:.4f})"
-            cells = [case, dtype, passes, impl, timing,
+            cells = [case, dtype, passes, impl, _timing_cell(r),
                      *[_ratio_cell(r, b, by_impl) for b in baselines],
                      _fmt(r["gb_s"], 0), _fmt(r["pct_of_copy_bw"], 0), _fmt(r.get("tflop_s"))]
             lines.append("| " + " | ".join(cells) + " |")
+    unstable = [r for r in rows if r["unstable"]]
+    if unstable:
+        lines += ["", f"{UNSTABLE_MARK} unstable timings (their ratios are not results):"]
+        lines += [f"- {r['case']} {r['dtype']} {r['passes']} {r['implementation']}: "
+                  f"{r['reason']}" for r in unstable]
     return lines
 
 
@@ -163,7 +179,8 @@ def goal_lines(rows: list[dict], entries: list[dict]) -> list[str]:
         for r in found:
             verdict = "met" if r[figure] >= least else "MISSED"
             unit = "%" if figure == "pct_of_copy_bw" else "x"
-            lines.append(f"- {what}: {verdict}, {r[figure]:.2f}{unit} ({r['case']})")
+            flag = f"; {UNSTABLE_MARK} timing unstable: {r['reason']}" if r["unstable"] else ""
+            lines.append(f"- {what}: {verdict}, {r[figure]:.2f}{unit} ({r['case']}){flag}")
     for e in entries:
         ratio = e["latency_ratio"]
         verdict = ("not measured" if math.isnan(ratio)
@@ -197,12 +214,17 @@ def summary(folder: Path) -> str:
     out += ["## Steps", "", *step_lines(manifest["steps"]), ""]
     out += ["## Kernels", ""]
     for m in methods:
-        out.append(f"- {m['file']}: {m['device']}, {m['timer']}, {m['warmup']} warm-up and "
-                   f"{m['repeats']} timed calls, median (p20-p80), L2 {m['l2']}, FLOPs "
-                   f"{m['flop_convention']}, copy bandwidth {m['copy_gb_s']:.0f} GB/s measured "
-                   f"in the same run, torch {m['torch']}, {m['threads']} threads")
-    out += ["", "Ratios: baseline ms / candidate ms; '~' marks overlapping p20-p80 intervals "
-            "(no difference at this spread).", ""]
+        copy_note = (f" (its timing unstable: {'; '.join(m['copy_problems'])})"
+                     if m["copy_problems"] else "")
+        out.append(f"- {m['file']}: {m['device']}, {m['timer']}, {m['warmup']} warm-up calls, "
+                   f"then {m['rounds']} rounds of {m['calls_per_round']} timed calls "
+                   f"({m['timing']}), L2 {m['l2']}, FLOPs {m['flop_convention']}, copy "
+                   f"bandwidth {m['copy_gb_s']:.0f} GB/s measured in the same run{copy_note}, "
+                   f"torch {m['torch']}, {m['threads']} threads")
+    out += ["", "ms: the median of the round medians; (p20-p80) over every timed call; ± half "
+            "the range of the round medians, relative. Ratios: baseline ms / candidate ms; '~' "
+            "marks overlapping p20-p80 intervals (no difference at this spread); "
+            f"'{UNSTABLE_MARK}' an unstable timing.", ""]
     if not rows:
         out += ["No kernel benchmark rows (see the steps above).", ""]
     for kernel in dict.fromkeys(r["kernel"] for r in rows):

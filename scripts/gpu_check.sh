@@ -107,7 +107,7 @@ bench() {  # bench KERNEL FILE SELECTION
 step gpu-tests "$python" -m pytest -m gpu -q -p no:cacheprovider tests
 bench window_attention bench_window_attention.py "canonical and swmsa and $dtypes"  # SW-MSA: mask
 bench max_unpool bench_max_unpool.py "canonical and $dtypes"
-bench dwsep_conv bench_dwsep_conv.py "aspp-b1-d12 and $dtypes"
+bench dwsep_conv bench_dwsep_conv.py "canonical and $dtypes"
 if [ "$mode" = dry-run ]; then
   # until the CLI accepts --kernels both --device cpu under TRITON_INTERPRET=1
   step end-to-end "$python" scripts/end_to_end_rehearsal.py "$out/e2e"

@@ -5,27 +5,41 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("gpu_summary", ROOT / "benchmarks/gpu_summary.py")
-gpu_summary = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_summary)
 
-METHOD = {"device": "NVIDIA H200", "timer": "CUDA events", "warmup": 25, "repeats": 100,
+
+def load_benchmark_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"benchmarks/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_summary = load_benchmark_module("gpu_summary")
+
+METHOD = {"device": "NVIDIA H200", "timer": "CUDA events", "warmup": 25, "rounds": 5,
+          "calls_per_round": 20, "timing": "5 rounds; figure = median of the round medians",
           "l2": "flushed before each timed call", "flop_convention": "2 per multiply-add",
           "torch": "2.11.0", "threads": 16}
 
 
-def row(kernel, case, impl, ms, spread, **ratios):
+def row(kernel, case, impl, ms, spread, unstable_reason="", **ratios):
     return {"kernel": kernel, "case": case, "dtype": "bf16", "passes": "fwd",
             "implementation": impl, "ms": ms, "p20_ms": ms - spread, "p80_ms": ms + spread,
+            "spread_pct": 4.0, "round_medians_ms": [ms] * 5, "remeasured": 0,
+            "unstable": bool(unstable_reason), "reason": unstable_reason,
             "gb_s": 2000.0, "pct_of_copy_bw": 46.5, "bytes": 20_000_000, "flops": None,
             "copy_gb_s": 4300.0, **{f"ratio_vs_{k}": v for k, v in ratios.items()}}
 
@@ -42,11 +56,11 @@ def write_results(folder: Path) -> None:
         row("window_attention", "canonical-swin-t-224-stage1 swmsa", "sdpa", 0.012, 0.0015),
     ]
     unpool = [row("max_unpool", "unpool canonical-8x512x64x64", "triton-int64", 0.020, 0.001,
-                  eager=1.6),
+                  "round medians 0.02 0.03 ms spread 50%", eager=1.6),
               row("max_unpool", "unpool canonical-8x512x64x64", "eager", 0.032, 0.001)]
     for name, rows in (("window_attention", attention), ("max_unpool", unpool)):
         (folder / f"kernels_{name}.json").write_text(json.dumps(
-            {"method": METHOD, "copy_gb_s": 4300.0, "rows": rows}))
+            {"method": METHOD, "copy_gb_s": 4300.0, "copy_problems": [], "rows": rows}))
     (folder / "e2e").mkdir()
     with (folder / "e2e" / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, ["arch", "variant", "kernels", "status", "latency_ms",
@@ -72,7 +86,12 @@ def test_summary_has_a_table_per_kernel_the_end_to_end_table_and_every_goal(tmp_
     assert "copy bandwidth 4300 GB/s measured in the same run" in text
     assert "- window attention >= 4x eager: met, 5.00x" in text
     assert "- window attention >= 1.5x SDPA (bias+mask materialised): MISSED, 1.20x" in text
-    assert "- unpool >= 1.5x F.max_unpool2d: met, 1.60x" in text
+    assert "5 rounds of 20 timed calls" in text
+    assert "| ! 0.0200 (0.0190-0.0210) ±2% |" in text  # unstable: marked, its reason listed
+    assert "- unpool canonical-8x512x64x64 bf16 fwd triton-int64: round medians 0.02 0.03 ms" \
+        in text
+    assert ("- unpool >= 1.5x F.max_unpool2d: met, 1.60x (unpool canonical-8x512x64x64); "
+            "! timing unstable: round medians") in text
     assert "- dwsep conv >= 2.5x eager: not measured in this run" in text
     assert "| swin | swin-paper | 10.00 (11.00) | 8.00 (9.00) | 1.25x | 1.20x | 0.9995 | ok/ok |" \
         in text
@@ -91,6 +110,28 @@ def test_summary_says_what_is_missing(tmp_path):
 def test_summary_wants_a_folder(tmp_path, capsys):
     assert gpu_summary.main([str(tmp_path / "missing")]) == 2
     assert "usage: python benchmarks/gpu_summary.py RESULTS_FOLDER" in capsys.readouterr().err
+
+
+def test_rounds_that_disagree_flag_the_row(monkeypatch, capsys):
+    """The benchmarks' timer as in a CPU rehearsal (2 rounds of 1 call, 1 re-measured round):
+    a step that alternates between 1 ms and 30 ms keeps its rounds apart."""
+    monkeypatch.setenv("SEGBENCH_BENCH_REHEARSAL", "1")
+    monkeypatch.delitem(sys.modules, "_roofline", raising=False)
+    roofline = load_benchmark_module("_roofline")
+    calls = itertools.count()
+    board = roofline.Roofline(torch.device("cpu"), copy_gb_s=10.0)
+    board.compare(kernel="k", case="c", dtype="fp32", passes="fwd", candidates=("triton",),
+                  implementations={
+                      "triton": lambda: time.sleep(0.001 if next(calls) % 2 == 0 else 0.03),
+                      "eager": lambda: time.sleep(0.002)},
+                  nbytes=1000)
+    triton = board.rows[0]
+    assert triton["unstable"] and triton["remeasured"] == 1
+    assert len(triton["round_medians_ms"]) == 2
+    assert triton["reason"].startswith("round medians ")
+    assert "UNSTABLE: round medians " in capsys.readouterr().out
+    table = "\n".join(gpu_summary.kernel_table(board.rows))
+    assert "| ! " in table and f"- c fp32 fwd triton: {triton['reason']}" in table
 
 
 def test_gpu_check_rejects_unknown_arguments():
@@ -119,7 +160,11 @@ def test_gpu_check_dry_run_of_the_kernel_steps(tmp_path):
     steps = dry_run(tmp_path, "--only", ",".join(KERNEL_STEPS))
     assert [s["name"] for s in steps] == KERNEL_STEPS
     text = (tmp_path / "summary.md").read_text()
-    assert "### window_attention" in text and "### max_unpool" in text
+    for kernel in ("window_attention", "max_unpool", "dwsep_conv"):
+        assert f"### {kernel}" in text
+        rows = json.loads((tmp_path / f"kernels_{kernel}.json").read_text())["rows"]
+        assert rows and all(len(r["round_medians_ms"]) == 2 and "unstable" in r for r in rows)
+    assert "2 rounds of 1 timed calls" in text
 
 
 @pytest.mark.slow  # the end-to-end step trains and measures three models in the interpreter
