@@ -11,7 +11,9 @@
 #
 # PYTHON: the interpreter whose Triton compiles (default: python; CI also runs a Triton 3.6
 # environment). TRITON_AOT_CHECK: the tool (default ../shared/tools/triton_aot_check.py from
-# the repository root). KERNEL_TESTS: the test files to capture (default: the three kernels').
+# the repository root). KERNEL_TESTS: the test files (and pytest options) to capture (default:
+# the three kernels' files). SM90_KERNELS: the kernels whose GPU launches scripts/sm90_launches.py
+# adds (comma-separated; default all three), e.g. to check one kernel while changing it.
 # OUT keeps the tool's lines (registers, spills, shared memory per specialization and per
 # kernel) with the per-compile seconds taken out, so that the file changes only when a kernel
 # does.

@@ -6,10 +6,14 @@ The interpreter tests launch what the interpreter needs: fp32 dot operands for b
 bf16 dots are wrong), fewer backward programs. Here every launcher chooses as on a GPU
 (kernels._common.launching_as) for the shapes the GPU runs: the canonical benchmark shapes,
 the models' layers and the `gpu` tests, on tiny batches (block sizes and dtypes decide the
-compiled binary, the batch does not). Results computed here are not checked.
+compiled binary, the batch does not). Results computed here are not checked. The dwsep
+kernels' GPU tiles are autotune configs, which the check compiles for every captured launch
+of an autotuned kernel (--autotune-configs all): here they need only bf16 dot operands.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +93,43 @@ def max_unpool_launches() -> None:
         _pool_unpool_forward_backward(channels_last.to(memory_format=torch.channels_last))
 
 
+# (N, C, H, W, C_out, K, dilation): the dwsep benchmark shapes and the models' separable
+# layers at the divisibility that decides the binary (C, C_out, H, W multiples of 16 or 8),
+# and a 5x5 kernel; tiny extents (a few programs).
+DWSEP_SHAPES = ((1, 32, 16, 16, 32, 3, 12), (1, 32, 16, 16, 16, 3, 1), (1, 24, 16, 16, 24, 3, 2),
+                (1, 16, 16, 16, 16, 5, 18))
+
+
+def _dwsep_forward_backward(shape, dtype: torch.dtype, channels_last: bool) -> None:
+    n, c, h, w, cout, k, dilation = shape
+    x = torch.randn(n, c, h, w).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weights = [torch.randn(*size).to(dtype) for size in ((c, 1, k, k), (c,), (cout, c, 1, 1),
+                                                           (cout,))]
+    leaves = [t.detach().requires_grad_() for t in (x, *weights)]
+    out = kernels.depthwise_separable_conv2d(*leaves, dilation=dilation, mid_activation="relu")
+    out.backward(torch.randn_like(out))
+
+
+def dwsep_conv_launches() -> None:
+    """bf16 only: fp16 and fp32 (TF32 or exact) launch on a GPU as in the interpreter tests."""
+    for shape in DWSEP_SHAPES:
+        _dwsep_forward_backward(shape, torch.bfloat16, channels_last=False)
+    _dwsep_forward_backward(DWSEP_SHAPES[0], torch.bfloat16, channels_last=True)
+
+
+GPU_LAUNCHES = {"window_attention": window_attention_launches,
+                "max_unpool": max_unpool_launches, "dwsep_conv": dwsep_conv_launches}
+
+
 def capture_gpu_launches() -> None:
+    """The GPU launches of the kernels named in SM90_KERNELS (comma-separated; default all)."""
+    names = os.environ.get("SM90_KERNELS") or ",".join(GPU_LAUNCHES)
+    unknown = sorted(set(names.split(",")) - GPU_LAUNCHES.keys())
+    if unknown:
+        raise SystemExit(f"SM90_KERNELS: unknown kernel(s) {unknown}; expected some of "
+                         f"{list(GPU_LAUNCHES)}")
     with launching_as("gpu"):
-        window_attention_launches()
-        max_unpool_launches()
+        for name in names.split(","):
+            GPU_LAUNCHES[name]()
