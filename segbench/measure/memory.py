@@ -114,10 +114,11 @@ def inference_memory(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContex
 
 def training_memory(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext) -> dict:
     """Peak memory of one full training step (forward, loss, backward, update) at the
-    profile's batch, on a copy of the model."""
+    profile's batch, on a copy of the model, with the unit's optimizer (SGD holds one
+    momentum buffer per weight, AdamW two)."""
     scratch = copy.deepcopy(model)
-    step = make_train_step(scratch, make_optimizer(scratch, ctx.profile), ctx.device,
-                           ctx.autocast_dtype is not None)
+    step = make_train_step(scratch, make_optimizer(scratch, ctx.profile, inputs.recipe),
+                           ctx.device, ctx.autocast_dtype is not None)
     peak = peak_memory_mb(lambda: step(inputs.train_images, inputs.train_masks), ctx.device)
     del scratch
     return {"train_peak_mem_mb": peak}
