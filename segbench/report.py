@@ -128,12 +128,70 @@ def write_report(folders: list[Path], out: Path | None = None) -> Path:
     lines = ["# segbench report", ""]
     for folder, manifest in manifests:
         lines += [f"## {folder.name}", *results.method_lines(manifest), ""]
+    marked, flagged = results.mark_unstable_timing(rows)
     lines += ["## All rows (sorted by mDice within each run)", "",
-              results.markdown_table(rows, REPORT_COLUMNS), ""]
+              results.markdown_table(marked, REPORT_COLUMNS), "", *flagged]
     plots = plot_accuracy_latency(rows, out)
     if plots:
         lines += [f"![accuracy vs latency]({plots[0].name})",
                   "Red points and line: the Pareto front (no other row is both faster and "
                   "more accurate).", ""]
+    sweep_plots = plot_throughput_vs_batch(folders, out)
+    if sweep_plots:
+        lines += [f"![throughput vs batch]({sweep_plots[0].name})", ""]
     (out / "report.md").write_text("\n".join(lines))
     return out / "report.md"
+
+
+def plot_throughput_vs_batch(folders: list[Path], out: Path) -> list[Path]:
+    """Throughput against batch size from the run folders' batch sweeps (sweep.csv): one line
+    per row (architecture variant, kernels, mode), one panel per (dataset, image size,
+    device); a line whose next batch did not fit ends in an x. Writes
+    throughput_vs_batch.png/.svg into `out`; [] when no folder has a sweep."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[tuple, dict[str, list]] = {}
+    for folder in folders:
+        path = folder / "sweep.csv"
+        if not path.is_file():
+            continue
+        with path.open(newline="") as f:
+            for entry in csv.DictReader(f):
+                panel = (entry["dataset"], entry["image_size"], entry["device"])
+                label = f"{entry['variant']} [{entry['kernels']}, {entry['mode']}]"
+                if len(folders) > 1:
+                    label = f"{folder.name}: {label}"
+                curve = lines.setdefault(panel, {}).setdefault(label, [[], [], None])
+                if entry["status"] == "ok":
+                    curve[0].append(int(entry["batch"]))
+                    curve[1].append(float(entry["throughput_img_s"]))
+                else:
+                    curve[2] = int(entry["batch"])
+    if not lines:
+        return []
+    fig, axes = plt.subplots(1, len(lines), figsize=(8 * len(lines), 5.5), dpi=120,
+                             squeeze=False)
+    for ax, ((dataset, size, device), curves) in zip(axes[0], sorted(lines.items()),
+                                                      strict=True):
+        for label, (batches, rates, failed_at) in sorted(curves.items()):
+            (drawn,) = ax.plot(batches, rates, marker="o", label=label)
+            if failed_at is not None and batches:
+                ax.scatter([batches[-1]], [rates[-1]], marker="x", s=80, zorder=3,
+                           color=drawn.get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size (log2)")
+        ax.set_ylabel("inference throughput (images/s, median of rounds)")
+        ax.set_title(f"Throughput vs batch: {dataset}, {size} px, {device}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths = [out / "throughput_vs_batch.png", out / "throughput_vs_batch.svg"]
+    for path in paths:
+        fig.savefig(path)
+    plt.close(fig)
+    return paths

@@ -17,17 +17,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Protocol
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from segbench import results
+from segbench import results, weights
 from segbench.config import RunConfig
 from segbench.data import PreparedDataset, Split, load_dataset, validate_folds
 from segbench.errors import TrainingDiverged
-from segbench.grid import Unit, base_record, build_grid, resolve_variants, row_count
+from segbench.grid import Unit, base_record, build_grid, resolve_variants, row_count, rows_for
 from segbench.layers import set_kernels
 from segbench.measure.accuracy import (
     accuracy,
@@ -37,6 +38,7 @@ from segbench.measure.accuracy import (
     pixel_prior_baseline,
 )
 from segbench.measure.boundary import boundary_metrics
+from segbench.measure.conditions import pinned_cores
 from segbench.measure.context import MeasureContext, MeasureInputs
 from segbench.measure.device import cpu_name, device_facts
 from segbench.measure.flops import count_flops, count_params
@@ -47,15 +49,20 @@ from segbench.measure.memory import (
     memory_method,
     training_memory,
 )
+from segbench.measure.modes import Deployed, deployed
+from segbench.measure.sweep import batch_sweep
 from segbench.measure.throughput import throughput
+from segbench.measure.timing import method_description, row_verdict
+from segbench.measure.training_speed import training_speed
 from segbench.models import create_model
 from segbench.preflight import check_dataset_memory, check_models
 from segbench.recipes import Recipe, recipe_for
-from segbench.store import check_folder, finished_keys, open_run_folder
+from segbench.store import RunFolder, check_folder, finished_keys, open_run_folder
 from segbench.train import TrainResult, converged, fit, lr_sweep
 
 NSD_TOLERANCE_PX = 1.0
-COST_MEASUREMENTS = (latency, throughput, inference_memory, training_memory)
+COST_MEASUREMENTS = (latency, throughput, inference_memory, training_memory, training_speed,
+                     batch_sweep)
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,6 @@ class Trained:
     facts: dict  # columns: params, FLOPs, recipe, train time, best epoch, baselines
     state: dict | None  # the best epoch's state_dict on the CPU; None when training failed
     history: list[dict] = field(default_factory=list)  # one dict per epoch
-    baseline_cases: list[dict] = field(default_factory=list)  # the pixel prior's case scores
     status: str = "ok"
     reason: str = ""
 
@@ -141,14 +147,18 @@ def recipe_facts(recipe: dict) -> dict:
             "weight_decay": recipe["weight_decay"], "recipe_description": recipe["description"]}
 
 
-def baseline_facts(data: PreparedDataset) -> tuple[dict, list[dict]]:
-    """What the two baselines score on the test split (its columns), and the pixel prior's
-    scores per test case (for the summary's baseline interval)."""
+def baseline_facts(data: PreparedDataset) -> dict:
+    """What the two baselines score on the test split."""
     train, test, classes = data.splits["train"], data.splits["test"], data.num_classes
-    columns = {"majority_baseline_mdice": majority_baseline(train, test, classes)["mdice"],
-               "pixel_prior_baseline_mdice": pixel_prior_baseline(train, test, classes)["mdice"]}
+    return {"majority_baseline_mdice": majority_baseline(train, test, classes)["mdice"],
+            "pixel_prior_baseline_mdice": pixel_prior_baseline(train, test, classes)["mdice"]}
+
+
+def baseline_cases(data: PreparedDataset) -> list[dict]:
+    """The pixel prior's scores per test case (for the summary's baseline interval)."""
+    train, test, classes = data.splits["train"], data.splits["test"], data.num_classes
     prior = pixel_prior(train, classes).expand_as(test.masks)
-    return columns, case_scores(prior, test, classes, NSD_TOLERANCE_PX)
+    return case_scores(prior, test, classes, NSD_TOLERANCE_PX)
 
 
 def _new_model(unit: Unit, cfg: RunConfig, data: PreparedDataset) -> nn.Module:
@@ -183,8 +193,7 @@ def train_unit(unit: Unit, ctx: UnitContext) -> Trained:
     device = torch.device(cfg.device)
     torch.set_num_threads(cfg.threads)
     recipe = unit_recipe(cfg, unit)
-    facts, baseline_cases = baseline_facts(data)
-    facts.update(recipe_facts(recipe.to_json()))
+    facts = {**baseline_facts(data), **recipe_facts(recipe.to_json())}
     try:
         model = _new_model(unit, cfg, data)
         image_shape = (data.in_channels, cfg.profile.image_size, cfg.profile.image_size)
@@ -194,13 +203,12 @@ def train_unit(unit: Unit, ctx: UnitContext) -> Trained:
         model, outcome, sweep = _train(model, unit, ctx, recipe)
     except Exception as e:  # noqa: BLE001  (any failure becomes the unit's rows; the run goes on)
         _release_device_memory(device)
-        return Trained(facts, None, status=failure_status(e), reason=_reason(e),
-                       baseline_cases=baseline_cases)
+        return Trained(facts, None, status=failure_status(e), reason=_reason(e))
     facts.update(train_time_s=outcome.train_time_s, best_epoch=outcome.best_epoch,
                  best_val_mdice=outcome.best_val_mdice, converged=converged(outcome.history),
                  **recipe_facts(outcome.recipe), **sweep)
     state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
-    return Trained(facts, state, outcome.history, baseline_cases=baseline_cases)
+    return Trained(facts, state, outcome.history)
 
 
 def measure_unit(unit: Unit, trained: Trained, ctx: UnitContext) -> list[results.Record]:
@@ -208,9 +216,10 @@ def measure_unit(unit: Unit, trained: Trained, ctx: UnitContext) -> list[results
     kernels backend (switched in place) and deployment mode."""
     cfg, data = ctx.cfg, ctx.data
     records = [base_record(cfg, unit, row) for row in unit.rows]
+    prior_cases = baseline_cases(data)
     for record in records:
         record.update(trained.facts)
-        record.tables.update(history=trained.history, baseline_cases=trained.baseline_cases)
+        record.tables.update(history=trained.history, baseline_cases=prior_cases)
     if trained.state is None:
         for record in records:
             record.failed(trained.status, trained.reason)
@@ -223,13 +232,14 @@ def measure_unit(unit: Unit, trained: Trained, ctx: UnitContext) -> list[results
     inputs = measure_inputs(data, cfg, unit_recipe(cfg, unit))
     torch_labels: dict[str, torch.Tensor] = {}  # per mode: the torch row's test labels
     for record, row in zip(records, unit.rows, strict=True):
-        mctx = MeasureContext.build(device, row.mode, cfg.profile, row.kernels, cfg.threads)
+        mctx = MeasureContext.build(device, row.mode, cfg.profile, row.kernels, cfg.threads,
+                                    cfg.batch_sweep)
         record.dtype = mctx.dtype_description
         try:
             set_kernels(model, row.kernels)
             columns, tables, labels = measure_row(model, inputs, mctx,
                                                   torch_labels.get(row.mode.label))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001  (a mode the model cannot take is a row too)
             _release_device_memory(device)
             record.failed(failure_status(e), _reason(e))
             continue
@@ -281,23 +291,34 @@ def measure_inputs(data: PreparedDataset, cfg: RunConfig, recipe: Recipe) -> Mea
 def measure_row(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext,
                 torch_labels: torch.Tensor | None,
                 ) -> tuple[dict, dict[str, list[dict]], torch.Tensor]:
-    """The row's columns, its tables (the scores per test case) and its test labels (the
-    reference for the triton row)."""
-    scores, labels = accuracy(model, inputs.test, inputs.num_classes, ctx)
-    columns = {
-        "miou": scores["miou"], "mdice": scores["mdice"],
-        "pixel_accuracy": scores["pixel_accuracy"],
-        "iou_per_class": " ".join(map(str, scores["iou_per_class"])),
-        "dice_per_class": " ".join(map(str, scores["dice_per_class"])),
-        **boundary_columns(labels, inputs.test, inputs.num_classes),
-    }
-    tables = {"cases": case_scores(labels, inputs.test, inputs.num_classes, NSD_TOLERANCE_PX)}
-    if torch_labels is not None and ctx.kernels != "torch":
-        columns["agrees_with_torch"] = float((labels == torch_labels).float().mean())
-    bar = tqdm(COST_MEASUREMENTS, desc=f"measure [{ctx.kernels}, {ctx.mode.label}]",
-               unit="phase", leave=False)
-    for measure in bar:
-        columns.update(measure(model, inputs, ctx))
+    """The row's columns and tables (scores per test case, timing, sweep), and its test
+    labels (the reference for the triton row), with the model deployed in the row's mode.
+    The cost measurements run with this process's threads pinned to fixed cores."""
+    with deployed(model, ctx) as deployed_model:
+        scores, labels = accuracy(deployed_model, inputs.test, inputs.num_classes, ctx)
+        columns = {
+            "miou": scores["miou"], "mdice": scores["mdice"],
+            "pixel_accuracy": scores["pixel_accuracy"],
+            "iou_per_class": " ".join(map(str, scores["iou_per_class"])),
+            "dice_per_class": " ".join(map(str, scores["dice_per_class"])),
+            **boundary_columns(labels, inputs.test, inputs.num_classes),
+        }
+        if torch_labels is not None and ctx.kernels != "torch":
+            columns["agrees_with_torch"] = float((labels == torch_labels).float().mean())
+        tables = {"cases": case_scores(labels, inputs.test, inputs.num_classes,
+                                       NSD_TOLERANCE_PX)}
+        bar = tqdm(COST_MEASUREMENTS, desc=f"measure [{ctx.kernels}, {ctx.mode.label}]",
+                   unit="phase", leave=False)
+        with pinned_cores(ctx.threads):
+            for measure in bar:
+                for name, value in measure(deployed_model, inputs, ctx).items():
+                    if isinstance(value, list):
+                        tables.setdefault(name, []).extend(value)
+                    else:
+                        columns[name] = value
+        if isinstance(deployed_model, Deployed):
+            columns["compile_s"] = deployed_model.compile_s
+    columns.update(row_verdict(tables.get("timing", []), columns))
     return columns, tables, labels
 
 
@@ -326,6 +347,7 @@ def shared_manifest(cfg: RunConfig, data: PreparedDataset) -> dict:
                     "spacing_mm": data.spacing_mm, "description": data.description},
         "method": {
             "timer": "CUDA events" if device.type == "cuda" else "time.perf_counter",
+            "timing": method_description(),
             "memory": memory_method(device),
             "accuracy": "test split; IoU/Dice per class from one confusion matrix; mIoU and "
                         "mDice average the foreground classes; weights of the best val epoch",
@@ -391,8 +413,10 @@ class Executor(Protocol):
         run.json records about it. Raises UsageError when it cannot start."""
 
     def records(self, cfg: RunConfig, units: list[Unit], data: SplitData,
-                log: Callable[[str], None]) -> Iterator[results.Record]:
-        """Every row of every unit, as each is done, in any order."""
+                log: Callable[[str], None],
+                keep: Callable[[Unit, Trained], None]) -> Iterator[results.Record]:
+        """Every row of every unit, as each is done, in any order; `keep` is called in this
+        process with each finished training, before its rows (the weights to keep)."""
 
 
 class InProcess:
@@ -403,12 +427,15 @@ class InProcess:
         yield {"name": "in-process"}
 
     def records(self, cfg: RunConfig, units: list[Unit], data: SplitData,
-                log: Callable[[str], None]) -> Iterator[results.Record]:
+                log: Callable[[str], None],
+                keep: Callable[[Unit, Trained], None]) -> Iterator[results.Record]:
         progress = Progress(len(units))
         for unit in units:
             ctx = UnitContext(cfg, data.of(cfg, unit))
             log(progress.line(unit))
-            yield from measure_placed(unit, train_placed(unit, ctx), ctx)
+            trained = train_placed(unit, ctx)
+            keep(unit, trained)
+            yield from measure_placed(unit, trained, ctx)
             progress.done += 1
 
 
@@ -438,9 +465,21 @@ def run(cfg: RunConfig, log: Callable[[str], None] = _print_line,
             log(note)
         if not todo:
             return
-        folder.begin(shared_manifest(cfg, data.of(cfg, todo[0])), start_manifest(cfg, described))
-        with closing(executor.records(cfg, todo, data, log)) as records:
+        first = data.of(cfg, todo[0])
+        folder.begin(shared_manifest(cfg, first), start_manifest(cfg, described))
+        kept: dict[str, str] = {}  # weights file name -> its path in the folder
+
+        def keep(unit: Unit, trained: Trained) -> None:
+            path = keep_weights(folder, cfg, unit, trained, first.num_classes,
+                                first.in_channels)
+            if path:
+                kept[Path(path).name] = path
+
+        with closing(executor.records(cfg, todo, data, log, keep)) as records:
             for record in records:
+                path = kept.get(weights.file_name(weights.identity(record)))
+                if path:
+                    record.update({"weights_file": path})
                 folder.append(record)
                 yield record
 
@@ -460,3 +499,54 @@ def _first_line(cfg: RunConfig, units: list[Unit], todo: list[Unit], held: list[
     return (f"segbench: {total} row(s) from {len(units)} training(s), profile "
             f"{cfg.profile.name}, device {cfg.device}, kernels {cfg.kernels}, recipe "
             f"{cfg.recipe}{sweep}; writing {cfg.out_dir}{notes_text}")
+
+
+def keep_weights(folder: RunFolder, cfg: RunConfig, unit: Unit, trained: Trained,
+                 num_classes: int, in_channels: int) -> str | None:
+    """Write a unit's trained weights into the run folder (segbench.weights) when cfg says
+    so; the path written, relative to the folder, or None."""
+    if trained.state is None or not weights.should_save(cfg, trained.state):
+        return None
+    identity = weights.identity(base_record(cfg, unit, unit.rows[0]))
+    model = weights.model_config(unit.variant, num_classes, in_channels)
+    return folder.write_weights(weights.file_name(identity), weights.encode(
+        study_of(cfg), identity, model, trained.facts, trained.history, trained.state))
+
+
+def _saved_unit_config(cfg: RunConfig, saved: weights.SavedUnit) -> RunConfig:
+    return replace(cfg, recipe=saved.identity["recipe"],
+                   lr_sweep=bool(saved.identity.get("lr_sweep")),
+                   pretrained=saved.identity["pretrained"] or None)
+
+
+def measure_saved(cfg: RunConfig, source: Path, saved: list[weights.SavedUnit],
+                  log: Callable[[str], None] = _print_line) -> Iterator[results.Record]:
+    """Measure saved trainings again, without training, as cfg's rows (device, kernels
+    backends, modes, threads, batch sweep) into cfg.out_dir: the source folder, or another one
+    for another device. A row whose key is already there is replaced by the new measurement
+    (the journal keeps both); every row names the weights file it was measured from."""
+    study = study_of(cfg)
+    check_folder(cfg.out_dir, study)
+    rows = rows_for(cfg)
+    todo = [(entry, entry.unit(rows)) for entry in saved]
+    data = SplitData()
+    first = data.of(cfg, todo[0][1])
+    weights.check_data(saved, first.num_classes, first.in_channels, cfg.dataset)
+    with open_run_folder(cfg.out_dir, study) as folder:
+        log(f"segbench: measuring {len(todo)} saved training(s) of {source} again, no "
+            f"training: {len(todo) * len(rows)} row(s), device {cfg.device}, kernels "
+            f"{cfg.kernels}, modes {' '.join(dict.fromkeys(r.mode.label for r in rows))}; "
+            f"writing {cfg.out_dir}")
+        for note in folder.notes:
+            log(note)
+        for entry, unit in todo:
+            ctx = UnitContext(_saved_unit_config(cfg, entry), data.of(cfg, unit))
+            folder.begin(shared_manifest(cfg, ctx.data),
+                         {**start_manifest(ctx.cfg, {"name": "in-process"}),
+                          "measured_from": str(source)})
+            log(f"segbench: {unit.label} from {entry.name}")
+            trained = Trained({**entry.payload["facts"], "weights_file": entry.name},
+                              entry.payload["state_dict"], entry.payload["history"])
+            for record in measure_placed(unit, trained, ctx):
+                folder.append(record)
+                yield record

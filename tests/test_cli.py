@@ -86,7 +86,7 @@ def error_line(capsys, after_progress_bars=False):
     (["--arch", "unet", "--threads", "0"], "--threads must be at least 1"),
     (["--arch", "unet", "--profile", "gpu"], "--profile gpu trains paper-size models for 40 "
      "epochs, hours on a CPU; use --profile cpu, or add --force"),
-    (["--arch", "unet", "--folds", "2"], "--folds needs K-fold splits from segbench.data"),
+    (["--arch", "unet", "--folds", "100"], "phantom: --folds 100 is more than its 72 "),
 ])
 def test_bad_arguments(args, expected, capsys, tmp_path):
     argv = [*SMOKE, *args]
@@ -190,15 +190,21 @@ def test_full_disk_fails_the_writability_probe(capsys, tmp_path, monkeypatch):
 
 
 def test_full_disk_while_writing_keeps_earlier_rows(finished_run, capsys, tmp_path, monkeypatch):
-    def files():
-        return {p.name: p.read_bytes() for p in finished_run.iterdir() if p.name != "run.json"}
+    def files():  # weights/ included
+        return {str(p.relative_to(finished_run)): p.read_bytes()
+                for p in finished_run.rglob("*") if p.is_file() and p.name != "run.json"}
 
     before, starts = files(), json.loads((finished_run / "run.json").read_text())["starts"]
     fail_writes_under(monkeypatch, finished_run, "rows.jsonl")
     assert cli.main([*SMOKE, "--arch", "fcn", "--seeds", "1", "--out", str(finished_run)]) == 2
     line = error_line(capsys, after_progress_bars=True)
     assert "rows.jsonl (No space left on device); the rows finished so far are kept" in line
-    assert files() == before  # no partial line, no temporary file
+    after = files()
+    assert {name: after.get(name) for name in before} == before  # no partial line
+    # nothing else but the new training's complete weights, written before its rows; no
+    # temporary file
+    (new,) = set(after) - set(before)
+    assert new.startswith("weights/fcn-small_seed1_") and new.endswith(".pt")
     assert json.loads((finished_run / "run.json").read_text())["starts"][:1] == starts
 
 
