@@ -38,8 +38,10 @@ from segbench import results, stats
 
 METRICS = ("mdice", "miou", "hd95_px", "nsd")
 HIGHER_IS_BETTER = {"mdice": True, "miou": True, "hd95_px": False, "nsd": True}
-COSTS = ("latency_ms", "latency_p95_ms", "throughput_img_s", "peak_mem_mb",
-         "train_peak_mem_mb", "train_time_s")
+COSTS = ("latency_ms", "latency_p95_ms", "throughput_img_s", "train_img_s", "peak_mem_mb",
+         "train_peak_mem_mb", "train_time_s", "energy_j_per_img")
+# the timed costs: a repeat whose timing was flagged unstable still counts, its cells are marked
+TIMED_COSTS = ("latency_ms", "throughput_img_s", "train_img_s")
 FACTS = ("params_m", "gflops")
 SYSTEM = ("arch", "variant")
 REPEAT = ("seed", "split_seed", "fold")
@@ -56,7 +58,7 @@ COLUMNS = ("arch", "variant", "kernels", "mode", "n",
            *(f"{m}_{s}" for m in METRICS for s in ("mean", "sd", "ci_low", "ci_high")),
            "n_cases", "rank", *COMPARISON_COLUMNS, *FACTS,
            *(f"{c}_{s}" for c in COSTS for s in ("median", "min", "max")),
-           "n_failed", "n_not_converged", "seeds", *BASELINE_COLUMNS,
+           "n_failed", "n_not_converged", "n_timing_unstable", "seeds", *BASELINE_COLUMNS,
            *(f for f in GROUP if f not in ("kernels", "mode")))
 
 Entry = tuple[dict, dict]  # a journal row and its tables
@@ -191,6 +193,7 @@ def summarize(entries: Sequence[Entry]) -> list[dict]:
             row.update(cost_columns(ok_rows))
             row.update(n_failed=sum(r.get("status") != "ok" for r, _ in group),
                        n_not_converged=sum(map(results.is_not_converged, ok_rows)),
+                       n_timing_unstable=sum(map(results.is_timing_unstable, ok_rows)),
                        seeds=",".join(dict.fromkeys(str(r["seed"]) for r in ok_rows)),
                        **baseline)
             rows.append(row)
@@ -240,12 +243,16 @@ def _p_value(row: dict) -> str:
 
 
 def _cost(row: dict, cost: str) -> str:
+    """'12.3 (11.9–13.0)': median (min–max) across the repeats; marked †k when k of them had
+    their timing flagged unstable."""
     median, low, high = (_number(row.get(f"{cost}_{s}")) for s in ("median", "min", "max"))
     if not math.isfinite(median):
         return "–"
-    if low == high:
-        return results.cell(median)
-    return f"{results.cell(median)} ({results.cell(low)}–{results.cell(high)})"
+    text = results.cell(median) if low == high else \
+        f"{results.cell(median)} ({results.cell(low)}–{results.cell(high)})"
+    unstable = int(row.get("n_timing_unstable") or 0)
+    return f"{text} {results.UNSTABLE_MARK}{unstable}" if cost in TIMED_COSTS and unstable \
+        else text
 
 
 def _variant_cell(row: dict) -> str:
@@ -266,7 +273,8 @@ TABLE = [
     ("gflops", "GFLOPs", lambda r: results.cell(r.get("gflops"))),
     *[(c, title, lambda r, c=c: _cost(r, c)) for c, title in
       (("latency_ms", "latency ms"), ("throughput_img_s", "img/s"),
-       ("peak_mem_mb", "infer MB"), ("train_peak_mem_mb", "train MB"),
+       ("train_img_s", "train img/s"), ("peak_mem_mb", "infer MB"),
+       ("train_peak_mem_mb", "train MB"),
        ("train_time_s", "train s"))],
 ]
 
@@ -310,6 +318,10 @@ def _notes(rows: list[dict]) -> list[str]:
     if any(int(r.get("n_not_converged") or 0) for r in rows):
         notes.append(f"{results.NOT_CONVERGED_MARK}k: k of the n repeats had not converged "
                      f"({results.NOT_CONVERGED_RULE}): more epochs could change the score.")
+    if any(int(r.get("n_timing_unstable") or 0) for r in rows):
+        notes.append(f"{results.UNSTABLE_MARK}k: k of the n repeats had their timing flagged "
+                     "unstable (results.md lists why); they still count in the median and "
+                     "range; re-time with `segbench measure`.")
     if any(r.get("tests_disagree") for r in rows):
         notes.append(f"{DISAGREE_MARK}: the interval and the Holm-adjusted Wilcoxon p disagree "
                      f"at the {ALPHA:.0%} level: too few cases to call this difference.")

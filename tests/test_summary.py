@@ -198,3 +198,19 @@ def test_summary_files_are_regenerated_on_start(tmp_path):
         pass
     assert (tmp_path / "summary.csv").read_text() == before
     assert "best-a" in (tmp_path / "summary.md").read_text()
+
+
+def test_unstable_timing_counts_in_the_costs_and_marks_their_cells():
+    entries = [entry("unet-small", dict.fromkeys(CASES, 0.9), seed=0, train_img_s=40.0),
+               entry("unet-small", dict.fromkeys(CASES, 0.9), seed=1, train_img_s=60.0,
+                     timing_unstable=True, timing_reason="latency: rounds differ by 30%")]
+    (row,) = summary.summarize(entries)
+    assert row["n_timing_unstable"] == 1
+    assert (row["latency_ms_median"], row["latency_ms_min"], row["latency_ms_max"]) == \
+        (10.5, 10.0, 11.0)  # the unstable repeat still counts
+    assert (row["train_img_s_median"], row["train_img_s_max"]) == (50.0, 60.0)
+    text = summary.markdown_text("t", [row], store.json_safe({**SHARED, "starts": [START]}), [])
+    line = next(line for line in text.splitlines() if "| unet-small |" in line)
+    assert "10.5 (10–11) †1" in line and "50 (40–60) †1" in line
+    assert line.endswith("| 3 |")  # train s: an untimed cost is never marked
+    assert "†k: k of the n repeats had their timing flagged unstable" in text
