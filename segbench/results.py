@@ -366,12 +366,14 @@ def mark_not_converged(rows: list[dict]) -> tuple[list[dict], list[str]]:
 
 
 def _baseline_range(rows: list[dict], column: str) -> str | None:
-    """'0.412' or '0.398 to 0.431 across the splits'; None when no row has it."""
+    """'0.412 on this test split' or '0.398 to 0.431 across the test splits'; None when no
+    row has it."""
     values = sorted({round(float(r[column]), 3) for r in rows if _finite(r.get(column))})
     if not values:
         return None
-    spread = "" if len(values) == 1 else f" to {values[-1]:.3f} across the splits"
-    return f"{values[0]:.3f}{spread}"
+    if len(values) == 1:
+        return f"{values[0]:.3f} on this test split"
+    return f"{values[0]:.3f} to {values[-1]:.3f} across the test splits"
 
 
 def baseline_lines(rows: list[dict]) -> list[str]:
@@ -380,10 +382,10 @@ def baseline_lines(rows: list[dict]) -> list[str]:
     lines = []
     if prior:
         lines.append(f"Baseline: predicting the training split's most frequent class at each "
-                     f"pixel scores mDice {prior} on this test split.")
+                     f"pixel scores mDice {prior}.")
     if majority:
         lines.append(f"Majority-class baseline (the training split's most frequent class "
-                     f"everywhere) on the test split: mDice {majority}.")
+                     f"everywhere): mDice {majority}.")
     return [*lines, ""] if lines else []
 
 

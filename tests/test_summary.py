@@ -22,7 +22,9 @@ def entry(variant, cases, seed=0, fold=0, status="ok", converged=True, **row):
                             dataset="phantom", image_size=32, device="cpu", profile="smoke",
                             seed=seed, split_seed=7, fold=fold, mode="eager-fp32", threads=2,
                             status=status, converged=converged, params_m=1.0, gflops=0.5,
-                            latency_ms=10.0 + seed, train_time_s=3.0)
+                            latency_ms=10.0 + seed, train_time_s=3.0,
+                            pixel_prior_baseline_mdice=0.3 + 0.01 * seed,
+                            majority_baseline_mdice=0.0)
     record.update(row)
     tables = {"cases": [{"case": c, "slices": 4, "mdice": v, "miou": v / 2, "hd95_px": 1 - v,
                          "nsd": v} for c, v in cases.items()],
@@ -184,6 +186,9 @@ def test_publish_writes_the_summary_and_marks_what_did_not_converge(folder):
     assert "scores mDice 0.250 [0.250, 0.250] on these test splits" in text
     results_md = (folder.path / "results.md").read_text()
     assert "‡ not converged: best val epoch in the last 20% of the epochs" in results_md
+    assert ("predicting the training split's most frequent class at each pixel scores mDice "
+            "0.300 to 0.310 across the test splits.") in results_md
+    assert "most frequent class everywhere): mDice 0.000 on this test split." in results_md
     assert (folder.path / "cases.csv").read_text().count("\n") == 1 + 4 * 10
 
 
