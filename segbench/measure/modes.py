@@ -131,7 +131,7 @@ def train_step_fn(model: nn.Module, inputs: MeasureInputs,
     profile's training batch, on a copy of the row's eager model."""
     scratch = copy.deepcopy(model.eager if isinstance(model, Deployed) else model)
     step = make_train_step(scratch, make_optimizer(scratch, ctx.profile), ctx.device,
-                           ctx.autocast_dtype is not None)
+                           ctx.autocast_dtype)
     images = inputs.train_images.to(ctx.device)
     masks = inputs.train_masks.to(ctx.device)
     if ctx.mode.channels_last:
