@@ -132,7 +132,7 @@ def train_step_fn(model: nn.Module, inputs: MeasureInputs,
     model."""
     scratch = copy.deepcopy(model.eager if isinstance(model, Deployed) else model)
     step = make_train_step(scratch, make_optimizer(scratch, ctx.profile, inputs.recipe),
-                           ctx.device, ctx.autocast_dtype is not None)
+                           ctx.device, ctx.autocast_dtype)
     images = inputs.train_images.to(ctx.device)
     masks = inputs.train_masks.to(ctx.device)
     if ctx.mode.channels_last:
