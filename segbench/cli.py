@@ -27,7 +27,7 @@ examples:
                                                  torch and Triton rows on the same weights
   segbench run --arch all --seeds 0,1,2 --workers 4
                                                  four trainings at a time on a local Ray
-  segbench report runs/a runs/b                  one table and an accuracy-latency plot
+  segbench report runs/a runs/b                  one table, accuracy-cost plots, curves
   segbench data check brain-tissue               validate a dataset and summarise it
 """
 
@@ -66,14 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    listing = commands.add_parser("list", help="architectures and variants with params and GFLOPs")
+    listing = commands.add_parser(
+        "list", help="architectures and variants with params and GFLOPs",
+        description="Every registered variant with its params and GFLOPs. The defaults read "
+        "the committed table (instant); other channels, classes or input sizes build each "
+        "model to count it (with progress) and cache the counts, keyed by the model code.")
     listing.add_argument("--models", help="comma-separated names (default: every variant)")
     listing.add_argument("--in-channels", type=int, default=1, help="default 1 (MRI)")
     listing.add_argument("--num-classes", type=int, default=4, help="default 4 (brain-tissue)")
     listing.add_argument("--input-size", help="H or HxW for the FLOP count (default: each "
                          "paper's input size), e.g. 512x2048")
+    listing.add_argument("--count", action="store_true",
+                         help="count the models whose table entry is older than today's model "
+                         "code instead of showing that entry (minutes; cached)")
     listing.add_argument("--no-flops", action="store_true",
-                         help="skip the FLOP count (it builds every paper-size model)")
+                         help="never count FLOPs: params only for the models without a "
+                         "stored count")
 
     run = commands.add_parser(
         "run", help="train, evaluate and measure architectures; writes CSV, markdown and JSON",
@@ -123,10 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run on the Ray cluster at ADDR (auto: the one started on this "
                      "machine), each node started with ray start --resources='{\"bench\": 1}'")
 
-    report = commands.add_parser("report", help="merge run folders into one table and a plot")
+    report = commands.add_parser("report", help="merge run folders into one table and plots")
     report.add_argument("folders", nargs="+", type=Path)
     report.add_argument("--out", type=Path, help="where to write report.md and the plots "
                         "(default: the first folder)")
+    report.add_argument("--cost", choices=["latency", "gflops", "params", "memory"],
+                        help="the one cost axis of the accuracy-vs-cost plot (default: a "
+                        "panel for each of the four)")
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
@@ -266,7 +277,10 @@ def command_run(args) -> int:
         print(f"\nsegbench: stopped by {name}; finished rows are kept in {cfg.out_dir}; run "
               "the same command to resume", file=sys.stderr)
         return SIGNAL_EXIT[name]
-    print(f"segbench: results in {cfg.out_dir}/results.md")
+    from segbench.plots import draw_folder
+
+    figures = ", ".join(map(str, draw_folder(cfg.out_dir))) or "none (no finished rows)"
+    print(f"segbench: results in {cfg.out_dir}/results.md; plots: {figures}")
     return 0
 
 
@@ -283,7 +297,7 @@ def parse_input_size(text: str | None) -> tuple[int, int] | None:
 
 
 def command_list(args) -> int:
-    from segbench.report import model_listing
+    from segbench.listing import model_listing
 
     if args.in_channels < 1:
         raise UsageError(f"--in-channels must be at least 1, got {args.in_channels}")
@@ -291,15 +305,16 @@ def command_list(args) -> int:
         raise UsageError(f"--num-classes must be at least 2, got {args.num_classes}")
     names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
     print(model_listing(names, args.in_channels, args.num_classes,
-                        parse_input_size(args.input_size), with_flops=not args.no_flops))
+                        parse_input_size(args.input_size), with_flops=not args.no_flops,
+                        recount=args.count))
     return 0
 
 
 def command_report(args) -> int:
     from segbench.report import write_report
 
-    out = write_report(args.folders, args.out)
-    print(f"segbench: report in {out}")
+    out, figures = write_report(args.folders, args.out, args.cost)
+    print(f"segbench: report in {out}; plots: {', '.join(map(str, figures)) or 'none'}")
     return 0
 
 
