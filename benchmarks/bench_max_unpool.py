@@ -1,14 +1,16 @@
 """SegNet's pool/unpool pair: Triton (int64 and 1-byte local indices) against F.max_unpool2d,
-eager and torch.compile, at the five SegNet decoder stages (360x480, batch 8) and 8x512x32x32.
+eager and torch.compile. The canonical case unpools 8x512x32x32 to 64x64 (KERNELS.md); the
+others are the five SegNet decoder stages at 360x480, batch 8 (shapes name the tensor that
+enters the max-pool and leaves the matching unpool).
 
-Run: pytest benchmarks/bench_max_unpool.py --benchmark-only -s
-(-s shows one line per case: median ms by CUDA events, achieved GB/s, the bandwidth floor
-from the copy bandwidth measured in the same run, and the speedup over eager.)
+Rows in benchmarks/_roofline.py's vocabulary, the Triton implementations the candidates.
+Minimum traffic: every tensor read or written once (the backward reads all of grad_output:
+its maxima are spread over every 32-byte sector); the 1-byte indices move fewer bytes than
+int64 ones, so each implementation has its own. "checked" unpools make one host sync to verify
+the indices; "unchecked" skip it.
 
-Bytes counted are the minimum the op must move: every tensor read or written once (the
-backward reads all of grad_output: its maxima are spread over every 32-byte sector). Timings
-are warm-cache where the working set fits in L2 (50 MB on H100): the two smallest stages.
-"checked" unpools make one host sync to verify the indices; "unchecked" skip it.
+Run (GPU; a CPU rehearsal with SEGBENCH_BENCH_REHEARSAL=1 TRITON_INTERPRET=1):
+  pytest benchmarks/bench_max_unpool.py -s -k canonical --roofline-json=unpool.json
 """
 
 from __future__ import annotations
@@ -16,23 +18,23 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cuda_median_ms  # benchmarks/ has no __init__: pytest puts it on sys.path
+from _roofline import REHEARSAL, bench_device, compiled, nbytes
 
 import kernels
 
-# (N, C, H, W) entering each max-pool = leaving the matching unpool; VGG16 at 360x480.
 POOL_INPUTS = {
+    "canonical-8x512x64x64": (8, 512, 64, 64),
     "stage1-64x360x480": (8, 64, 360, 480),
     "stage2-128x180x240": (8, 128, 180, 240),
     "stage3-256x90x120": (8, 256, 90, 120),
     "stage4-512x45x60": (8, 512, 45, 60),  # pools to 22x30 (floor)
     "stage5-512x22x30": (8, 512, 22, 30),
-    "512x64x64": (8, 512, 64, 64),
 }
+REHEARSAL_INPUT = (1, 2, 8, 8)  # every case, on the CPU
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-INT64_UNPOOLS = ("eager", "compile", "triton-int64", "triton-int64-unchecked")
-UNPOOLS = (*INT64_UNPOOLS, "triton-compact", "triton-compact-unchecked")
-PAIRS = ("eager", "compile", "triton-compact", "triton-compact-unchecked")
+UNPOOL_CANDIDATES = ("triton-int64", "triton-int64-unchecked", "triton-compact",
+                     "triton-compact-unchecked")
+PAIR_CANDIDATES = ("triton-compact", "triton-compact-unchecked")
 
 
 def _eager_unpool(values, indices, output_hw):
@@ -52,16 +54,11 @@ def _triton_pair(check_indices: bool):
     return pair
 
 
-def _compiled(fn):
-    torch._dynamo.reset()  # a fresh cache per case: many shapes would hit the recompile limit
-    return torch.compile(fn, dynamic=False)
-
-
 def unpool_fn(impl: str):
     if impl == "eager":
         return _eager_unpool
     if impl == "compile":
-        return _compiled(_eager_unpool)
+        return compiled(_eager_unpool)
     check = not impl.endswith("unchecked")
     if impl.startswith("triton-int64"):
         return lambda v, i, hw: kernels.max_unpool2d(v, i, 2, output_size=hw, check_indices=check)
@@ -73,7 +70,7 @@ def pair_fn(impl: str):
     if impl == "eager":
         return _eager_pair
     if impl == "compile":
-        return _compiled(_eager_pair)
+        return compiled(_eager_pair)
     return _triton_pair(check_indices=not impl.endswith("unchecked"))
 
 
@@ -86,65 +83,50 @@ def timed_call(fn, args, backward: bool, wrt: torch.Tensor):
     return lambda: torch.autograd.grad(fn(*args), wrt, grad)
 
 
-def nbytes(*tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def report(benchmark, name, ms, moved, copy_gbs, eager_ms):
-    achieved = moved / (ms * 1e-3) / 1e9
-    floor_ms = moved / (copy_gbs * 1e9) * 1e3
-    benchmark.extra_info.update(median_ms=ms, bytes=moved, achieved_gbs=achieved, copy_gbs=copy_gbs,
-                                floor_ms=floor_ms, speedup_vs_eager=eager_ms / ms)
-    print(f"\n{name}: {ms * 1e3:8.1f} us  {achieved:7.0f} GB/s = {achieved / copy_gbs:5.1%} "
-          f"of copy ({copy_gbs:.0f} GB/s; floor {floor_ms * 1e3:.1f} us)  "
-          f"{eager_ms / ms:4.2f}x eager")
-
-
-def pooled_inputs(shape, dtype):
-    x = torch.randn(shape, device="cuda", dtype=dtype)
+def pooled_inputs(case: str, dtype: torch.dtype):
+    shape = REHEARSAL_INPUT if REHEARSAL else POOL_INPUTS[case]
+    x = torch.randn(shape, device=bench_device(), dtype=dtype)
     values, indices = F.max_pool2d(x, 2, return_indices=True)
     _, local = kernels.max_pool2d_with_indices(x)
     return x, values, indices, local
 
 
-@pytest.mark.parametrize("impl", UNPOOLS)
+@pytest.mark.parametrize("passes", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", POOL_INPUTS)
-@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
-def test_unpool(gpu_benchmark, copy_bandwidth_gbs, backward, case, dtype, impl):
-    x, values, indices, local = pooled_inputs(POOL_INPUTS[case], DTYPES[dtype])
-    index = indices if impl in INT64_UNPOOLS else local
+def test_unpool(compare, case, dtype, passes):
+    backward = passes == "fwd+bwd"
+    x, values, indices, local = pooled_inputs(case, DTYPES[dtype])
     values.requires_grad_(backward)
-    fn = timed_call(unpool_fn(impl), (values, index, x.shape[-2:]), backward, values)
-    eager = timed_call(_eager_unpool, (values, indices, x.shape[-2:]), backward, values)
-    moved = nbytes(values, index, x)  # values + indices in, output out
-    if backward:
-        moved += nbytes(index, x, values)  # indices + grad_output in, grad_values out
-    gpu_benchmark(fn)
-    report(gpu_benchmark.benchmark, f"unpool {impl} {case} {dtype} {_pass(backward)}",
-           cuda_median_ms(fn), moved, copy_bandwidth_gbs, cuda_median_ms(eager))
+    steps, moved = {}, {}
+    for impl in ("eager", "compile", *UNPOOL_CANDIDATES):
+        index = local if "compact" in impl else indices
+        steps[impl] = timed_call(unpool_fn(impl), (values, index, x.shape[-2:]), backward,
+                                 values)
+        moved[impl] = nbytes(values, index, x)  # values + indices in, output out
+        if backward:
+            moved[impl] += nbytes(index, x, values)  # indices + grad_output in, grad out
+    compare(kernel="max_unpool", case=f"unpool {case}", dtype=dtype, passes=passes,
+            implementations=steps, candidates=UNPOOL_CANDIDATES, nbytes=moved)
 
 
-@pytest.mark.parametrize("impl", PAIRS)
+@pytest.mark.parametrize("passes", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", POOL_INPUTS)
-@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
-def test_pool_unpool_pair(gpu_benchmark, copy_bandwidth_gbs, backward, case, dtype, impl):
-    x, values, indices, local = pooled_inputs(POOL_INPUTS[case], DTYPES[dtype])
-    index = local if impl.startswith("triton") else indices
+def test_pool_unpool_pair(compare, case, dtype, passes):
+    backward = passes == "fwd+bwd"
+    x, values, indices, local = pooled_inputs(case, DTYPES[dtype])
     x.requires_grad_(backward)
-    fn = timed_call(pair_fn(impl), (x,), backward, x)
-    eager = timed_call(_eager_pair, (x,), backward, x)
-    moved = 2 * nbytes(values, index) + nbytes(x, x)  # pool: x -> v, i; unpool: v, i -> out
-    if backward:
-        moved += 2 * nbytes(index, values) + nbytes(x, x)  # each backward: grad in, i, grad out
-    gpu_benchmark(fn)
-    report(gpu_benchmark.benchmark, f"pool+unpool {impl} {case} {dtype} {_pass(backward)}",
-           cuda_median_ms(fn), moved, copy_bandwidth_gbs, cuda_median_ms(eager))
-
-
-def _pass(backward: bool) -> str:
-    return "fwd+bwd" if backward else "fwd"
+    steps, moved = {}, {}
+    for impl in ("eager", "compile", *PAIR_CANDIDATES):
+        index = local if impl.startswith("triton") else indices
+        steps[impl] = timed_call(pair_fn(impl), (x,), backward, x)
+        # pool: x -> values, indices; unpool: values, indices -> out
+        moved[impl] = 2 * nbytes(values, index) + 2 * nbytes(x)
+        if backward:  # each backward: grad in, indices, grad out
+            moved[impl] += 2 * nbytes(index, values) + 2 * nbytes(x)
+    compare(kernel="max_pool_unpool", case=f"pool+unpool {case}", dtype=dtype, passes=passes,
+            implementations=steps, candidates=PAIR_CANDIDATES, nbytes=moved)
 
 
 def _segnet_training_step(kernels_backend: str):
@@ -175,12 +157,12 @@ def _peak_mb(step) -> float:
 
 
 @pytest.mark.parametrize("kernels_backend", ["torch", "triton"])
-def test_segnet_training_step(gpu_benchmark, kernels_backend):
+def test_segnet_training_step(benchmark, gpu_benchmark, kernels_backend):
     step = _segnet_training_step(kernels_backend)
     peak = _peak_mb(step)
-    pooled = sum(n * c * (h // 2) * (w // 2) for n, c, h, w in list(POOL_INPUTS.values())[:5])
+    pooled = sum(n * c * (h // 2) * (w // 2) for n, c, h, w in list(POOL_INPUTS.values())[1:])
     saved_mb = pooled * 7 / 2**20  # int64 -> uint8 per kept index
-    gpu_benchmark.benchmark.extra_info.update(train_peak_mb=peak, index_bytes_saved_mb=saved_mb)
+    benchmark.extra_info.update(train_peak_mb=peak, index_bytes_saved_mb=saved_mb)
     print(f"\nSegNet 8x1x360x480 bf16-autocast training step, kernels={kernels_backend}: "
           f"peak {peak:.0f} MB above the weights; the goal: triton lower by >= {saved_mb:.0f} MB")
     gpu_benchmark(step)

@@ -1,74 +1,120 @@
-"""Shared pieces of the GPU benchmark suites: skip without CUDA, synchronised timing, and the
-device's measured copy bandwidth (bytes read + written per second) to compare kernels with.
+"""Shared pieces of the benchmark suites: the kernel benchmarks' session (benchmarks/_roofline.py:
+device, copy bandwidth measured once, every row), their writing to --roofline-json, and
+skipping without CUDA.
 
-Run: pytest benchmarks/ --benchmark-json=results/kernels/<date>_<gpu>.json
-Model benchmarks also run on the CPU; kernel benchmarks skip without CUDA.
+Run: pytest benchmarks/ --roofline-json=results/gpu/<run>/kernels.json
+(add --benchmark-json=... to keep pytest-benchmark's own view of each candidate as well).
+Kernel benchmarks skip without CUDA, except in a CPU rehearsal (SEGBENCH_BENCH_REHEARSAL=1 with
+TRITON_INTERPRET=1: tiny shapes); model benchmarks also run on the CPU.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from _roofline import (
+    REHEARSAL,
+    REPEATS,
+    WARMUP,
+    Roofline,
+    bench_device,
+    copy_bandwidth_gb_s,
+    l2_flusher,
+    median_ms,
+    method,
+)
 
-from segbench.measure.timing import percentile, time_calls_ms
-
-COPY_BYTES = 1 << 30  # 1 GiB source: far larger than L2, so it measures HBM
-L2_FLUSH_BYTES = 256 << 20  # written before every timed call so no run starts with a warm L2
-_flush_buffer: torch.Tensor | None = None
+KERNEL_FIXTURES = {"roofline", "compare"}
+CUDA_ONLY_FIXTURES = {"gpu_benchmark", "copy_bandwidth_gbs"}  # not rehearsed on the CPU
 
 
-def flush_l2() -> None:
-    global _flush_buffer
-    if _flush_buffer is None:
-        _flush_buffer = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
-    _flush_buffer.zero_()
-
-
-GPU_FIXTURES = {"gpu_benchmark", "copy_bandwidth_gbs"}
+def pytest_addoption(parser):
+    parser.addoption("--roofline-json", default=None,
+                     help="write every kernel benchmark row (benchmarks/_roofline.py) here")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Kernel benchmarks (those using the GPU fixtures or marked gpu) skip without CUDA."""
-    if torch.cuda.is_available():
+    """Kernel benchmarks (those using the kernel fixtures or marked gpu) skip without CUDA;
+    in a rehearsal the roofline ones run on the CPU."""
+    if torch.cuda.is_available() and not REHEARSAL:
         return
-    skip = pytest.mark.skip(reason="GPU benchmark: needs CUDA")
     for item in items:
-        if GPU_FIXTURES & set(getattr(item, "fixturenames", ())) or "gpu" in item.keywords:
-            item.add_marker(skip)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if REHEARSAL and fixtures & KERNEL_FIXTURES and not fixtures & CUDA_ONLY_FIXTURES:
+            continue
+        if fixtures & (KERNEL_FIXTURES | CUDA_ONLY_FIXTURES) or "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="GPU benchmark: needs CUDA"))
 
 
-def cuda_median_ms(fn, warmup: int = 25, repeats: int = 100, cold_l2: bool = True) -> float:
-    """Median time of fn() in ms over `repeats` runs timed with CUDA events, after warm-up;
-    L2 is flushed before each timed run unless cold_l2 is False."""
-    times = time_calls_ms(fn, torch.device("cuda"), warmup, repeats,
-                          before_each=flush_l2 if cold_l2 else None)
-    return percentile(times, 50)
+@pytest.fixture(scope="session")
+def roofline(request) -> Roofline:
+    device = bench_device()
+    board = Roofline(device, copy_bandwidth_gb_s(device))
+    yield board
+    path = request.config.getoption("--roofline-json")
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"method": method(device), "copy_gb_s": board.copy_gb_s,
+                                          "rows": board.rows}, indent=1, default=str))
+
+
+def _synchronized(fn, device: torch.device):
+    def call():
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out
+    return call
+
+
+@pytest.fixture
+def compare(request, roofline):
+    """Roofline.compare for one case; with pytest-benchmark installed, the first candidate is
+    also handed to it (L2 flushed before every round), with its row as extra_info."""
+
+    def run(**case):
+        rows = roofline.compare(**case)
+        if request.config.pluginmanager.hasplugin("benchmark"):
+            benchmark = request.getfixturevalue("benchmark")
+            benchmark.group = " ".join(str(case[k]) for k in ("kernel", "case", "dtype", "passes"))
+            benchmark.extra_info.update(rows[0])
+            first = case["candidates"][0]
+            fn = _synchronized(case["implementations"][first], roofline.device)
+            benchmark.pedantic(fn, setup=l2_flusher(roofline.device), rounds=REPEATS,
+                               warmup_rounds=WARMUP, iterations=1)
+        return rows
+
+    return run
+
+
+# The fixtures below are the older interface bench_dwsep_conv.py uses; they time as _roofline.
+
+
+def cuda_median_ms(fn, warmup: int = WARMUP, repeats: int = REPEATS, cold_l2: bool = True) -> float:
+    """Median ms of fn() on CUDA by _roofline's policy."""
+    return median_ms(fn, torch.device("cuda"), warmup, repeats, cold_l2)[0]
 
 
 @pytest.fixture(scope="session")
 def copy_bandwidth_gbs() -> float:
-    """Device-to-device copy bandwidth, GB/s counting bytes read plus bytes written."""
-    src = torch.empty(COPY_BYTES, dtype=torch.uint8, device="cuda").random_()
-    dst = torch.empty_like(src)
-    ms = cuda_median_ms(lambda: dst.copy_(src), warmup=5, repeats=30, cold_l2=False)
-    return 2 * COPY_BYTES / (ms * 1e-3) / 1e9
+    return copy_bandwidth_gb_s(torch.device("cuda"))
 
 
 @pytest.fixture
 def gpu_benchmark(benchmark):
-    """pytest-benchmark with a synchronize after every call, so wall time covers GPU work, and
-    L2 flushed (untimed) before every round."""
+    """pytest-benchmark with a synchronize after every call and L2 flushed before each round."""
+    flush = l2_flusher(torch.device("cuda"))
 
     def run(fn, *args, **kwargs):
-        def synced():
-            out = fn(*args, **kwargs)
-            torch.cuda.synchronize()
-            return out
-
-        def cold():
-            flush_l2()
+        def setup():
+            flush()
             torch.cuda.synchronize()
 
-        return benchmark.pedantic(synced, setup=cold, warmup_rounds=10, rounds=50, iterations=1)
+        return benchmark.pedantic(_synchronized(lambda: fn(*args, **kwargs),
+                                                torch.device("cuda")),
+                                  setup=setup, warmup_rounds=10, rounds=50, iterations=1)
 
     return run

@@ -2,9 +2,14 @@
 
     out = conv1x1(act(depthwise_conv_KxK(x, dilation) + dw_bias), pw_weight) + pw_bias
 
-Forward: one kernel computes a tile of the depthwise result in registers, applies the bias
-and activation, and feeds it straight into the pointwise matrix product (tl.dot), so the
-(N, C, H, W) intermediate never reaches memory.
+Forward: a program owns one image, BLOCK_P positions and BLOCK_CO output channels. It walks
+the input channels in chunks: the chunk's depthwise tile [BLOCK_P, chunk] is computed in
+registers from K*K shifted loads of x (fp32), biased and activated, and fed straight into
+tl.dot with the chunk's pointwise weights, accumulating [BLOCK_P, BLOCK_CO] in fp32. The
+(N, C, H, W) intermediate never reaches memory, and the registers a program needs are set
+by its tile, not by C. The output-channel blocks of one position block are adjacent in
+launch order, so x comes from DRAM about once however COUT is split; wide BLOCK_CO (256,
+all of an ASPP branch) leaves a single program per position block.
 
 Backward: one fused kernel recomputes the depthwise tile on chip, stores it (the pointwise
 weight gradient needs it) and produces grad_mid = (grad_out @ pw_weight) * act'(mid) in the
@@ -18,7 +23,10 @@ depthwise part accumulates in fp32; tl.dot takes fp16/bf16 operands for fp16/bf1
 (rounding the intermediate exactly as eager's fp16 depthwise output is rounded) and
 accumulates in fp32. For fp32 inputs tl.dot follows PyTorch's own convolution policy,
 `torch.backends.cudnn.allow_tf32`: "tf32" when eager convolutions may use TF32, else "ieee".
-The interpreter computes fp32 dots exactly either way.
+The interpreter computes fp32 dots exactly either way, and takes fp32 operands for bf16
+inputs (its bf16 dot is wrong): the one launch that differs from a GPU's.
+
+Resources (sm_90) and the reasoning behind the tiles: kernels/NOTES-dwsep.md.
 """
 
 from __future__ import annotations
@@ -47,34 +55,134 @@ MID_ACTIVATIONS = (None, "relu")
 POISON_OUTPUTS = False
 
 
+# ----------------------------------------------------------------------------- tiling
+# Resource limits (sm_90: 255 registers a thread, 227 KB shared memory a block) are met by
+# construction and checked by compiling every config for sm_90 (kernels/NOTES-dwsep.md):
+# - shared memory: each kernel lowers its pipelining depth so that the loads in flight stay
+#   within PIPELINE_SMEM_BYTES; the pruner below drops configs whose bound exceeds the
+#   device's shared memory (a smaller GPU than Hopper).
+# - registers: the tiles below keep every per-thread tile small; the forward also narrows
+#   its input-channel chunk for 5x5 kernels and for the exact fp32 (FMA) dot.
+
+# Shared memory that software pipelining may fill with loads kept in flight; the rest of
+# Hopper's 227 KB per block is left for the tl.dot operand staging and the epilogue.
+PIPELINE_SMEM_BYTES = tl.constexpr(128 * 1024)
+# Reduction chunk of an exact fp32 tl.dot, which runs on FMA units with both operand tiles
+# in registers.
+FMA_DOT_CHUNK = tl.constexpr(16)
+
+# (BLOCK_P, BLOCK_CI, BLOCK_CO, num_warps, stages) that the GPU autotunes over. The forward
+# favours wide output-channel blocks, so that x is read from DRAM once for all of COUT
+# (the blocks of one position tile run side by side and share x through L2).
+FORWARD_TILES = (
+    (32, 32, 256, 8, 3),
+    (32, 16, 256, 8, 3),
+    (64, 32, 128, 8, 3),
+    (64, 16, 128, 8, 3),
+    (32, 32, 64, 4, 3),
+)
+BACKWARD_MID_TILES = (
+    (64, 64, 64, 8, 3),
+    (64, 64, 128, 8, 3),
+    (32, 128, 64, 8, 3),
+    (128, 32, 64, 8, 3),
+)
+# The interpreter runs one config (autotuning needs a GPU): small blocks, so that the tests'
+# channel counts span several blocks. Every block is >= 16: GPU tl.dot needs M, N, K >= 16.
+INTERPRETER_TILE = (32, 16, 16, 4, 2)
+
+
+def _configs(tiles) -> list[triton.Config]:
+    """STAGES is the pipelining depth asked for; the kernels lower it where the loads in
+    flight would not fit PIPELINE_SMEM_BYTES."""
+    return [triton.Config({"BLOCK_P": p, "BLOCK_CI": ci, "BLOCK_CO": co, "STAGES": stages},
+                          num_warps=warps, num_stages=stages)
+            for p, ci, co, warps, stages in tiles]
+
+
+def _autotune_configs(gpu_tiles) -> list[triton.Config]:
+    return _configs([INTERPRETER_TILE] if interpreting() else gpu_tiles)
+
+
+def _smem_bound(config, element_bytes: int) -> int:
+    """Most shared memory a config can use in either kernel: the pipelining budget plus the
+    larger of the tl.dot operand tiles and the fp32 epilogue tile (not live together)."""
+    p, ci, co = (config.kwargs[k] for k in ("BLOCK_P", "BLOCK_CI", "BLOCK_CO"))
+    operands = (p * ci + ci * co + p * co) * element_bytes
+    return PIPELINE_SMEM_BYTES.value + max(operands, p * max(ci, co) * 4)
+
+
+def _prune(configs, extents: dict[str, int], element_bytes: int,
+           smem_limit: int) -> list[triton.Config]:
+    """The configs that fit the device's shared memory and whose blocks are no larger than
+    the problem needs (extent rounded up to a power of two, at least 16), so that no time
+    goes on tuning mostly-masked tiles; failing that, the smallest config that fits."""
+    def fits_problem(config):
+        return all(config.kwargs[block] <= max(16, triton.next_power_of_2(extent))
+                   for block, extent in extents.items())
+
+    def tile_elements(config):
+        return config.kwargs["BLOCK_P"] * config.kwargs["BLOCK_CI"] * config.kwargs["BLOCK_CO"]
+
+    launchable = [c for c in configs if _smem_bound(c, element_bytes) <= smem_limit]
+    require(bool(launchable), f"no dwsep_conv config fits {smem_limit} B of shared memory")
+    return [c for c in launchable if fits_problem(c)] or [min(launchable, key=tile_elements)]
+
+
+def _early_config_prune(configs, named_args, **kwargs) -> list[triton.Config]:
+    """prune_configs_by hook of both autotuned kernels (named_args: the launch's arguments)."""
+    x = named_args["x_ptr"]
+    properties = triton.runtime.driver.active.utils.get_device_properties(x.device.index)
+    extents = {"BLOCK_P": named_args["H"] * named_args["W"], "BLOCK_CI": named_args["C"],
+               "BLOCK_CO": named_args["COUT"]}
+    return _prune(configs, extents, x.element_size(), properties["max_shared_mem"])
+
+
 # ----------------------------------------------------------------------------- kernels
+# Every 4-d tensor is addressed as base + n*s_n + c*s_c + (h*W + w)*s_hw, which holds for
+# NCHW and channels_last (s_h == W * s_w); the launchers copy any other layout. A program
+# works on one image n, a block of positions hw = h*W + w and a block of channels: only the
+# depthwise taps need (h, w), and along hw the addresses are contiguous in NCHW, which the
+# compiler sees and turns into coalesced (and, when aligned, vector) access.
+
 
 
 @triton.jit
-def _depthwise_tile(src_ptr, w_ptr, b_ptr, offs_p, offs_c, NHW, C, H, W,
-                    s_n, s_c, s_h, s_w, dilation,
-                    KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
-    """Depthwise KxK conv (stride 1, 'same' dilated padding) of positions offs_p (flattened
-    n*H*W + h*W + w) and channels offs_c, in fp32: a [len(offs_p), len(offs_c)] tile."""
-    p_ok = offs_p < NHW
+def _image_block(pid, n_blocks, HW, BLOCK: tl.constexpr):
+    """(n, hw offsets, second-axis block) of program pid, the second axis fastest: programs
+    that share an image tile run side by side and share its reads through L2."""
+    hw_blocks = tl.cdiv(HW, BLOCK)
+    hw = (pid // n_blocks) % hw_blocks * BLOCK + tl.arange(0, BLOCK)
+    return pid // (n_blocks * hw_blocks), hw, pid % n_blocks
+
+
+@triton.jit
+def _depthwise_tile(src_ptr, w_ptr, b_ptr, n, offs_hw, offs_c, C, H, W, s_n, s_c, s_hw,
+                    dilation, KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+                    UNROLL: tl.constexpr):
+    """Depthwise KxK conv (stride 1, 'same' dilated padding) of image n at positions offs_hw
+    and channels offs_c, in fp32: a [len(offs_hw), len(offs_c)] tile."""
     c_ok = offs_c < C
-    n = offs_p // (H * W)
-    oh = (offs_p % (H * W)) // W
-    ow = offs_p % W
+    hw_ok = offs_hw < H * W
+    oh = offs_hw // W
+    ow = offs_hw % W
     pad = dilation * (KSIZE // 2)
-    base = src_ptr + n.to(tl.int64)[:, None] * s_n + offs_c.to(tl.int64)[None, :] * s_c
-    acc = tl.zeros((offs_p.shape[0], offs_c.shape[0]), dtype=tl.float32)
-    for kh in tl.static_range(KSIZE):
-        ih = oh - pad + kh * dilation
-        row_ok = p_ok & (ih >= 0) & (ih < H)
-        for kw in tl.static_range(KSIZE):
-            iw = ow - pad + kw * dilation
-            ok = row_ok & (iw >= 0) & (iw < W)
-            tap = tl.load(base + (ih * s_h + iw * s_w)[:, None],
-                          mask=ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
-            weight = tl.load(w_ptr + offs_c * (KSIZE * KSIZE) + (kh * KSIZE + kw),
-                             mask=c_ok, other=0.0).to(tl.float32)
-            acc += tap * weight[None, :]
+    # Addresses of the top-left tap; tap (kh, kw) is a uniform shift of them, so the K*K taps
+    # share one address tile. Starting at a corner, not the centre, leaves every tap equally
+    # (un)aligned: the compiler then gives all taps one register layout.
+    corner = src_ptr + n.to(tl.int64) * s_n + ((offs_hw - pad * W - pad) * s_hw)[:, None] \
+        + offs_c.to(tl.int64)[None, :] * s_c
+    acc = tl.zeros((offs_hw.shape[0], offs_c.shape[0]), dtype=tl.float32)
+    for t in tl.range(0, KSIZE * KSIZE, loop_unroll_factor=KSIZE * KSIZE if UNROLL else 1):
+        kh = t // KSIZE
+        kw = t % KSIZE
+        ih = oh + (kh * dilation - pad)
+        iw = ow + (kw * dilation - pad)
+        ok = hw_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        tap = tl.load(corner + (kh * W + kw) * dilation * s_hw,
+                      mask=ok[:, None] & c_ok[None, :], other=0.0)
+        weight = tl.load(w_ptr + offs_c * (KSIZE * KSIZE) + t, mask=c_ok, other=0.0)
+        acc += tap.to(tl.float32) * weight.to(tl.float32)[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:
@@ -83,113 +191,123 @@ def _depthwise_tile(src_ptr, w_ptr, b_ptr, offs_p, offs_c, NHW, C, H, W,
 
 
 @triton.jit
-def _nchw_offsets(offs_p, offs_c, H, W, s_n, s_c, s_h, s_w):
-    """Element offsets of positions offs_p and channels offs_c in a 4-d strided tensor."""
-    n = offs_p // (H * W)
-    h = (offs_p % (H * W)) // W
-    w = offs_p % W
-    spatial = n.to(tl.int64) * s_n + h * s_h + w * s_w
-    return spatial[:, None] + offs_c.to(tl.int64)[None, :] * s_c
+def _plane_offsets(n, offs_hw, offs_c, s_n, s_c, s_hw):
+    """Element offsets of image n, positions offs_hw and channels offs_c."""
+    return n.to(tl.int64) * s_n + (offs_hw * s_hw)[:, None] + offs_c.to(tl.int64)[None, :] * s_c
 
 
-def _matmul_configs() -> list[triton.Config]:
-    """One config in the interpreter (autotuning needs a GPU); a short list on the GPU.
-    Every block is >= 16 because GPU tl.dot needs M, N, K >= 16."""
-    if interpreting():
-        return [triton.Config({"BLOCK_P": 32, "BLOCK_CI": 16, "BLOCK_CO": 16})]
-    shapes = [(64, 32, 128, 4), (128, 32, 128, 8), (64, 32, 256, 8), (128, 64, 256, 8)]
-    return [
-        triton.Config({"BLOCK_P": p, "BLOCK_CI": ci, "BLOCK_CO": co}, num_warps=w, num_stages=3)
-        for p, ci, co, w in shapes
-    ]
-
-
-@triton.autotune(configs=_matmul_configs(), key=["C", "COUT", "KSIZE", "RELU"])
+@triton.autotune(configs=_autotune_configs(FORWARD_TILES), key=["C", "COUT", "KSIZE", "RELU"],
+                 prune_configs_by={"early_config_prune": _early_config_prune})
 @triton.jit
 def _dwsep_forward_kernel(x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, pw_b_ptr, out_ptr,
-                          NHW, C, H, W, COUT, dilation,
-                          sx_n, sx_c, sx_h, sx_w, so_n, so_c, so_h, so_w,
+                          C, H, W, COUT, dilation, sx_n, sx_c, sx_hw, so_n, so_c, so_hw,
                           KSIZE: tl.constexpr, HAS_DW_BIAS: tl.constexpr,
                           HAS_PW_BIAS: tl.constexpr, RELU: tl.constexpr,
                           DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                          BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
-    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+                          BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
+                          STAGES: tl.constexpr):
+    """out[p, co] = sum over input-channel chunks of depthwise(x)[p, chunk] @ pw[chunk, co],
+    for a block of positions p and of output channels co."""
+    n, offs_hw, pid_co = _image_block(tl.program_id(0), tl.cdiv(COUT, BLOCK_CO), H * W, BLOCK_P)
+    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    hw_ok = offs_hw < H * W
     co_ok = offs_co < COUT
+    # The input-channel chunk: BLOCK_CI, narrowed where the chunk's registers would not fit.
+    # A 5x5 kernel keeps 25 tap tiles in flight instead of 9; an exact fp32 dot runs on FMA
+    # units and holds both operand tiles in registers.
+    TAP_CHUNK: tl.constexpr = BLOCK_CI if KSIZE == 3 else max(16, BLOCK_CI // 2)
+    FMA_DOT: tl.constexpr = DOT_DTYPE == tl.float32 and DOT_PRECISION == "ieee"
+    CHUNK: tl.constexpr = min(TAP_CHUNK, FMA_DOT_CHUNK) if FMA_DOT else TAP_CHUNK
+    # Pipelining keeps STAGES - 1 chunks of each load in flight: the K*K tap tiles (when wide
+    # enough for cp.async) and the pointwise weight tile. Fewer stages when those would not
+    # fit the budget.
+    ELEMENT_BYTES: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth // 8
+    STAGE_BYTES: tl.constexpr = (KSIZE * KSIZE * BLOCK_P * CHUNK
+                                 + CHUNK * BLOCK_CO) * ELEMENT_BYTES
     acc = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
-    for ci_start in range(0, C, BLOCK_CI):
-        offs_ci = ci_start + tl.arange(0, BLOCK_CI)
-        mid = _depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, offs_p, offs_ci, NHW, C, H, W,
-                              sx_n, sx_c, sx_h, sx_w, dilation, KSIZE, HAS_DW_BIAS, RELU)
+    for ci_start in tl.range(0, C, CHUNK,
+                             num_stages=min(STAGES, 1 + PIPELINE_SMEM_BYTES // STAGE_BYTES)):
+        offs_ci = ci_start + tl.arange(0, CHUNK)
+        mid = _depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, n, offs_hw, offs_ci, C, H, W,
+                              sx_n, sx_c, sx_hw, dilation, KSIZE, HAS_DW_BIAS, RELU, True)
+        # Zero the rows past the image. It also stops the compiler from redoing the depthwise
+        # sum in the tl.dot operand layout, where every warp would repeat all the taps.
+        mid = tl.where(hw_ok[:, None], mid, 0.0)
         # pw_weight is (COUT, C) row-major; this is its transposed [ci, co] tile.
         pw = tl.load(pw_w_ptr + offs_co[None, :] * C + offs_ci[:, None],
                      mask=(offs_ci < C)[:, None] & co_ok[None, :], other=0.0)
         acc = tl.dot(mid.to(DOT_DTYPE), pw.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
     if HAS_PW_BIAS:
         acc += tl.load(pw_b_ptr + offs_co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
-    out_offs = _nchw_offsets(offs_p, offs_co, H, W, so_n, so_c, so_h, so_w)
-    tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty),
-             mask=(offs_p < NHW)[:, None] & co_ok[None, :])
+    tl.store(out_ptr + _plane_offsets(n, offs_hw, offs_co, so_n, so_c, so_hw),
+             acc.to(out_ptr.dtype.element_ty), mask=hw_ok[:, None] & co_ok[None, :])
 
 
-@triton.autotune(configs=_matmul_configs(), key=["C", "COUT", "KSIZE", "RELU"])
+@triton.autotune(configs=_autotune_configs(BACKWARD_MID_TILES), key=["C", "COUT", "KSIZE", "RELU"],
+                 prune_configs_by={"early_config_prune": _early_config_prune})
 @triton.jit
 def _dwsep_backward_mid_kernel(x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, grad_out_ptr,
-                               mid_ptr, grad_mid_ptr,
-                               NHW, C, H, W, COUT, dilation,
-                               sx_n, sx_c, sx_h, sx_w, sg_n, sg_c, sg_h, sg_w,
+                               mid_ptr, grad_mid_ptr, C, H, W, COUT, dilation,
+                               sx_n, sx_c, sx_hw, sg_n, sg_c, sg_hw,
                                KSIZE: tl.constexpr, HAS_DW_BIAS: tl.constexpr,
                                RELU: tl.constexpr,
                                DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
                                BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr,
-                               BLOCK_CO: tl.constexpr):
+                               BLOCK_CO: tl.constexpr, STAGES: tl.constexpr):
     """Recompute mid = act(depthwise(x) + b) and write it with
-    grad_mid = (grad_out @ pw_weight) * act'(mid); both (NHW, C) row-major."""
-    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_ci = tl.program_id(1) * BLOCK_CI + tl.arange(0, BLOCK_CI)
-    p_ok = offs_p < NHW
+    grad_mid = (grad_out @ pw_weight) * act'(mid); both (N*H*W, C) row-major."""
+    n, offs_hw, pid_ci = _image_block(tl.program_id(0), tl.cdiv(C, BLOCK_CI), H * W, BLOCK_P)
+    offs_ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    hw_ok = offs_hw < H * W
     ci_ok = offs_ci < C
-    mid = _depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, offs_p, offs_ci, NHW, C, H, W,
-                          sx_n, sx_c, sx_h, sx_w, dilation, KSIZE, HAS_DW_BIAS, RELU)
+    mid = _depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, n, offs_hw, offs_ci, C, H, W,
+                          sx_n, sx_c, sx_hw, dilation, KSIZE, HAS_DW_BIAS, RELU, False)
+    # The output-channel chunk (the dot's K): narrower for the exact fp32 (FMA) dot.
+    FMA_DOT: tl.constexpr = DOT_DTYPE == tl.float32 and DOT_PRECISION == "ieee"
+    CHUNK: tl.constexpr = min(BLOCK_CO, FMA_DOT_CHUNK) if FMA_DOT else BLOCK_CO
+    ELEMENT_BYTES: tl.constexpr = grad_out_ptr.dtype.element_ty.primitive_bitwidth // 8
+    STAGE_BYTES: tl.constexpr = (BLOCK_P * CHUNK + CHUNK * BLOCK_CI) * ELEMENT_BYTES
     acc = tl.zeros((BLOCK_P, BLOCK_CI), dtype=tl.float32)
-    for co_start in range(0, COUT, BLOCK_CO):
-        offs_co = co_start + tl.arange(0, BLOCK_CO)
+    for co_start in tl.range(0, COUT, CHUNK,
+                             num_stages=min(STAGES, 1 + PIPELINE_SMEM_BYTES // STAGE_BYTES)):
+        offs_co = co_start + tl.arange(0, CHUNK)
         co_ok = offs_co < COUT
-        grad = tl.load(grad_out_ptr + _nchw_offsets(offs_p, offs_co, H, W, sg_n, sg_c, sg_h, sg_w),
-                       mask=p_ok[:, None] & co_ok[None, :], other=0.0)
+        grad = tl.load(grad_out_ptr + _plane_offsets(n, offs_hw, offs_co, sg_n, sg_c, sg_hw),
+                       mask=hw_ok[:, None] & co_ok[None, :], other=0.0)
         pw = tl.load(pw_w_ptr + offs_co[:, None] * C + offs_ci[None, :],
                      mask=co_ok[:, None] & ci_ok[None, :], other=0.0)
         acc = tl.dot(grad.to(DOT_DTYPE), pw.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
     if RELU:
         # PyTorch's ReLU backward passes the gradient where the output is > 0.
         acc = tl.where(mid > 0.0, acc, 0.0)
-    rows = offs_p.to(tl.int64)[:, None] * C + offs_ci[None, :]
-    ok = p_ok[:, None] & ci_ok[None, :]
+    rows = (n * H * W + offs_hw).to(tl.int64)[:, None] * C + offs_ci[None, :]
+    ok = hw_ok[:, None] & ci_ok[None, :]
     tl.store(mid_ptr + rows, mid.to(mid_ptr.dtype.element_ty), mask=ok)
     tl.store(grad_mid_ptr + rows, acc.to(grad_mid_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
-def _depthwise_kernel(src_ptr, w_ptr, dst_ptr, NHW, C, H, W, dilation,
-                      ss_n, ss_c, ss_h, ss_w, sd_n, sd_c, sd_h, sd_w,
+def _depthwise_kernel(src_ptr, w_ptr, dst_ptr, C, H, W, dilation,
+                      ss_n, ss_c, ss_hw, sd_n, sd_c, sd_hw,
                       KSIZE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """Plain depthwise conv without bias (the input gradient, with the flipped kernel)."""
-    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    acc = _depthwise_tile(src_ptr, w_ptr, w_ptr, offs_p, offs_c, NHW, C, H, W,
-                          ss_n, ss_c, ss_h, ss_w, dilation, KSIZE, False, False)
-    tl.store(dst_ptr + _nchw_offsets(offs_p, offs_c, H, W, sd_n, sd_c, sd_h, sd_w),
+    n, offs_hw, pid_c = _image_block(tl.program_id(0), tl.cdiv(C, BLOCK_C), H * W, BLOCK_P)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    acc = _depthwise_tile(src_ptr, w_ptr, w_ptr, n, offs_hw, offs_c, C, H, W,
+                          ss_n, ss_c, ss_hw, dilation, KSIZE, False, False, True)
+    tl.store(dst_ptr + _plane_offsets(n, offs_hw, offs_c, sd_n, sd_c, sd_hw),
              acc.to(dst_ptr.dtype.element_ty),
-             mask=(offs_p < NHW)[:, None] & (offs_c < C)[None, :])
+             mask=(offs_hw < H * W)[:, None] & (offs_c < C)[None, :])
 
 
 @triton.jit
-def _depthwise_weight_grad_kernel(x_ptr, grad_mid_ptr, partial_ptr, NHW, C, H, W, dilation,
-                                  sx_n, sx_c, sx_h, sx_w,
+def _depthwise_weight_grad_kernel(x_ptr, grad_mid_ptr, partial_ptr, N, C, H, W, dilation,
+                                  sx_n, sx_c, sx_hw,
                                   KSIZE: tl.constexpr, BLOCK_P: tl.constexpr,
                                   BLOCK_C: tl.constexpr):
     """partial[split, c, tap] = sum over this split's positions of grad_mid * shifted x.
-    Grid: (splits, channel blocks, KSIZE*KSIZE taps); splits stride over position blocks."""
+    Grid: (splits, channel blocks, KSIZE*KSIZE taps); splits stride over the (image,
+    position block) pairs."""
     split = tl.program_id(0)
     splits = tl.num_programs(0)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -198,19 +316,19 @@ def _depthwise_weight_grad_kernel(x_ptr, grad_mid_ptr, partial_ptr, NHW, C, H, W
     pad = dilation * (KSIZE // 2)
     dh = (tap // KSIZE) * dilation - pad
     dw = (tap % KSIZE) * dilation - pad
+    hw_blocks = tl.cdiv(H * W, BLOCK_P)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for p_start in range(split * BLOCK_P, NHW, splits * BLOCK_P):
-        offs_p = p_start + tl.arange(0, BLOCK_P)
-        p_ok = offs_p < NHW
-        n = offs_p // (H * W)
-        ih = (offs_p % (H * W)) // W + dh
-        iw = offs_p % W + dw
-        ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_offs = (n.to(tl.int64) * sx_n + ih * sx_h + iw * sx_w)[:, None] + \
-            offs_c.to(tl.int64)[None, :] * sx_c
-        x = tl.load(x_ptr + x_offs, mask=ok[:, None] & c_ok[None, :], other=0.0)
-        grad = tl.load(grad_mid_ptr + offs_p.to(tl.int64)[:, None] * C + offs_c[None, :],
-                       mask=p_ok[:, None] & c_ok[None, :], other=0.0)
+    for block in range(split, N * hw_blocks, splits):
+        n = block // hw_blocks
+        offs_hw = block % hw_blocks * BLOCK_P + tl.arange(0, BLOCK_P)
+        hw_ok = offs_hw < H * W
+        ih = offs_hw // W + dh
+        iw = offs_hw % W + dw
+        ok = hw_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x = tl.load(x_ptr + _plane_offsets(n, offs_hw + dh * W + dw, offs_c, sx_n, sx_c, sx_hw),
+                    mask=ok[:, None] & c_ok[None, :], other=0.0)
+        rows = (n * H * W + offs_hw).to(tl.int64)[:, None] * C + offs_c[None, :]
+        grad = tl.load(grad_mid_ptr + rows, mask=hw_ok[:, None] & c_ok[None, :], other=0.0)
         acc += x.to(tl.float32) * grad.to(tl.float32)
     total = tl.sum(acc, axis=0)
     tl.store(partial_ptr + (split * C + offs_c) * (KSIZE * KSIZE) + tap, total, mask=c_ok)
@@ -222,14 +340,15 @@ _TORCH_TO_TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bflo
 
 
 def _dot_operands(dtype: torch.dtype) -> tuple[tl.dtype, str]:
-    """tl.dot operand dtype and input_precision (see the module docstring). In the interpreter
-    bf16 dots give garbage, so operands stay fp32 there."""
+    """tl.dot operand dtype and input_precision (see the module docstring). The one launch
+    that differs between the GPU and the interpreter: bf16 dots give garbage in the
+    interpreter, so bf16 operands stay fp32 there (the compile check swaps them back)."""
     if dtype == torch.float32:
         return tl.float32, "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
-    if interpreting():
+    if dtype == torch.bfloat16 and interpreting():
         return tl.float32, "ieee"
-    # input_precision does not apply to 16-bit operands; pass the compiler's default.
-    return _TORCH_TO_TL[dtype], "tf32"
+    # input_precision applies to fp32 operands only.
+    return _TORCH_TO_TL[dtype], "ieee"
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -253,11 +372,24 @@ def _bias_or(bias: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tens
     return placeholder if bias is None else bias.contiguous()
 
 
-def _weight_grad_blocks() -> tuple[int, int, int]:
-    """(BLOCK_P, BLOCK_C, most splits) of the depthwise weight-gradient reduction."""
-    if interpreting():
-        return 32, 32, 1
-    return 64, 32, 64
+# Blocks of the two depthwise kernels that are not autotuned, the same on the GPU and in the
+# interpreter (so the compile check sees what a GPU launches).
+INPUT_GRAD_BLOCKS = (32, 32, 8)  # (BLOCK_P, BLOCK_C, num_warps)
+WEIGHT_GRAD_BLOCKS = (64, 32)  # (BLOCK_P, BLOCK_C)
+WEIGHT_GRAD_MAX_SPLITS = 64
+
+
+def _planar(t: torch.Tensor) -> torch.Tensor:
+    """t itself when its positions are addressable as (h*W + w)*s_w (NCHW, channels_last, an
+    expanded gradient), else a copy in x's memory format."""
+    if t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3):
+        return t
+    return t.contiguous(memory_format=_memory_format(t))
+
+
+def _plane_strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """(s_n, s_c, s_hw) of a planar tensor."""
+    return t.stride(0), t.stride(1), t.stride(3)
 
 
 def _launch_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, dilation: int,
@@ -267,16 +399,16 @@ def _launch_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, dilation: int,
     out = _new_tensor((n, cout, h, w), x, _memory_format(x))
     if out.numel() == 0:
         return out
+    x = _planar(x)
     dw_w, pw_w = dw_weight.contiguous(), pw_weight.reshape(cout, c).contiguous()
     dot_dtype, precision = _dot_operands(x.dtype)
-    nhw = n * h * w
 
     def grid(meta):
-        return triton.cdiv(nhw, meta["BLOCK_P"]), triton.cdiv(cout, meta["BLOCK_CO"])
+        return (n * triton.cdiv(h * w, meta["BLOCK_P"]) * triton.cdiv(cout, meta["BLOCK_CO"]),)
 
     _dwsep_forward_kernel[grid](
-        x, dw_w, _bias_or(dw_bias, dw_w), pw_w, _bias_or(pw_bias, pw_w),
-        out, nhw, c, h, w, cout, dilation, *x.stride(), *out.stride(),
+        x, dw_w, _bias_or(dw_bias, dw_w), pw_w, _bias_or(pw_bias, pw_w), out,
+        c, h, w, cout, dilation, *_plane_strides(x), *_plane_strides(out),
         KSIZE=dw_weight.shape[-1], HAS_DW_BIAS=dw_bias is not None,
         HAS_PW_BIAS=pw_bias is not None, RELU=relu, DOT_DTYPE=dot_dtype,
         DOT_PRECISION=precision,
@@ -295,11 +427,11 @@ def _launch_backward_mid(grad_out, x, dw_weight, dw_bias, pw_weight, dilation: i
     dot_dtype, precision = _dot_operands(x.dtype)
 
     def grid(meta):
-        return triton.cdiv(n * h * w, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_CI"])
+        return (n * triton.cdiv(h * w, meta["BLOCK_P"]) * triton.cdiv(c, meta["BLOCK_CI"]),)
 
     _dwsep_backward_mid_kernel[grid](
         x, dw_w, _bias_or(dw_bias, dw_w), pw_w, grad_out, mid, grad_mid,
-        n * h * w, c, h, w, cout, dilation, *x.stride(), *grad_out.stride(),
+        c, h, w, cout, dilation, *_plane_strides(x), *_plane_strides(grad_out),
         KSIZE=dw_weight.shape[-1], HAS_DW_BIAS=dw_bias is not None, RELU=relu,
         DOT_DTYPE=dot_dtype, DOT_PRECISION=precision,
     )
@@ -310,13 +442,12 @@ def _launch_input_grad(grad_mid, x, dw_weight, dilation: int) -> torch.Tensor:
     n, c, h, w = x.shape
     grad_x = _new_tensor(x.shape, x, _memory_format(x))
     flipped = dw_weight.flip(-2, -1).contiguous()
-    block_p, block_c = (32, 32) if interpreting() else (64, 32)
-    grid = (triton.cdiv(n * h * w, block_p), triton.cdiv(c, block_c))
-    # grad_mid is (N*H*W, C) row-major, i.e. NHWC: strides n, c, h, w below.
+    block_p, block_c, warps = INPUT_GRAD_BLOCKS
+    grid = (n * triton.cdiv(h * w, block_p) * triton.cdiv(c, block_c),)
+    # grad_mid is (N*H*W, C) row-major, i.e. NHWC: plane strides h*w*c, 1, c.
     _depthwise_kernel[grid](
-        grad_mid, flipped, grad_x, n * h * w, c, h, w, dilation,
-        h * w * c, 1, w * c, c, *grad_x.stride(),
-        KSIZE=dw_weight.shape[-1], BLOCK_P=block_p, BLOCK_C=block_c,
+        grad_mid, flipped, grad_x, c, h, w, dilation, h * w * c, 1, c, *_plane_strides(grad_x),
+        KSIZE=dw_weight.shape[-1], BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
     )
     return grad_x
 
@@ -324,11 +455,11 @@ def _launch_input_grad(grad_mid, x, dw_weight, dilation: int) -> torch.Tensor:
 def _launch_depthwise_weight_grad(grad_mid, x, dw_weight, dilation: int) -> torch.Tensor:
     n, c, h, w = x.shape
     ksize = dw_weight.shape[-1]
-    block_p, block_c, max_splits = _weight_grad_blocks()
-    splits = min(triton.cdiv(n * h * w, block_p), max_splits)
+    block_p, block_c = WEIGHT_GRAD_BLOCKS
+    splits = min(n * triton.cdiv(h * w, block_p), WEIGHT_GRAD_MAX_SPLITS)
     partial = _new_tensor((splits, c, ksize * ksize), x, dtype=torch.float32)
     _depthwise_weight_grad_kernel[(splits, triton.cdiv(c, block_c), ksize * ksize)](
-        x, grad_mid, partial, n * h * w, c, h, w, dilation, *x.stride(),
+        x, grad_mid, partial, n, c, h, w, dilation, *_plane_strides(x),
         KSIZE=ksize, BLOCK_P=block_p, BLOCK_C=block_c,
     )
     return partial.sum(0).reshape(dw_weight.shape).to(dw_weight.dtype)
@@ -341,6 +472,7 @@ def _launch_backward(grad_out, x, dw_weight, dw_bias, pw_weight, dilation: int, 
     if grad_out.numel() == 0 or x.numel() == 0:
         return (torch.zeros_like(x), torch.zeros_like(dw_weight),
                 x.new_zeros(c), torch.zeros_like(pw_weight), x.new_zeros(cout))
+    x, grad_out = _planar(x), _planar(grad_out)
     mid, grad_mid = _launch_backward_mid(grad_out, x, dw_weight, dw_bias, pw_weight,
                                          dilation, relu)
     grad_out_rows = grad_out.permute(0, 2, 3, 1).reshape(n * h * w, cout)

@@ -5,14 +5,29 @@ keys, so the whole score row stays on chip: q, k, v are read once (up to 8x8 win
 ones re-read k and v per query block) and the output is written once, where the eager path
 writes and re-reads the (B*nW, heads, N, N) scores several times. Windows are padded to a power
 of two (49 -> 64) by masked loads; padded keys get -inf scores, padded query rows are computed
-on zeros and never stored.
+on zeros and never stored. q, k, v stay in their 16-bit dtype from load to tl.dot (half the
+registers of fp32 tiles); scores, softmax and accumulation are fp32.
 
-The backward recomputes the probabilities (cheap: the row is on chip) instead of saving them.
-The bias gradient is a sum over every window, so each backward program walks several windows
-of one head, sums its share in registers and writes one partial tile; torch adds the partials.
+The backward recomputes the probabilities (cheap: the row is on chip) instead of saving them,
+in two kernels: one per (window, head) for dq, dk, dv, and one for the bias gradient, a sum
+over every window, whose programs walk several windows of one head, sum their share in
+registers and write one partial tile each (torch adds the partials). Split so, neither holds
+more than three products and a running sum: one kernel doing both spilled on sm_90.
+
+Why it should be fast on a Hopper GPU (reasoning, not yet measured): Swin-T stage 1 at 224x224
+with 8 images is 512 windows x 3 heads of 49 tokens, head dim 32; in bf16 it must move q, k, v
+and the output (19.3 MB; bias and mask, 0.6 MB, stay in L2) and compute 0.47 GFLOP, so it is
+memory-bound: a floor of ~4.5 us at the H200's ~4.3 TB/s copy bandwidth. The forward is one
+launch of 1536 programs (8 warps, ~90 registers, ~13-21 KB shared memory: several per SM),
+each reading 12 KB once; eager writes and re-reads ~100 MB of fp32 scores over five or more
+launches (>= 4x slower on bytes alone), and SDPA with the bias and mask materialised first
+writes and reads a (B*nW, heads, N, N) mask (7 MB in bf16, padded to a multiple of 8 by a
+copy) in two extra launches, so 1.5x over it needs the fused kernel within ~2x of its floor.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -21,31 +36,44 @@ from torch.utils.flop_counter import register_flop_formula
 
 from kernels._common import (
     FVCORE_HANDLES,
+    DotConfig,
     check_device,
     check_float_dtype,
-    interpreting,
+    dot_config,
+    empty_output,
+    launch_target,
     require,
 )
 
 MAX_TOKENS = 144  # 12x12 windows
 HEAD_DIMS = (16, 32, 64)
 MIN_DOT_SIZE = 16  # tl.dot on the GPU wants every dimension >= 16
-# Query rows x keys held per program: 64x64 for 7x7 windows; 64x128 or 32x256 for larger ones,
-# so that the backward's four tiles of that size still fit in registers.
-MAX_SCORE_TILE = 64 * 128
+# Query rows per program by keys per block (the whole window padded), per kernel and whether
+# fp32 dots run without tensor cores ("ieee", FMA: more registers per product); halved for
+# head dim 64 in the backward kernels and in FMA forwards. The forward holds 3 score-sized
+# fp32 tiles, the backward 3 and 5 products, the bias gradient 3 and a running sum. 8 warps
+# (the most that still give a thread 255 registers), 4 for small forward tiles.
+_ROWS = {16: 16, 32: 32, 64: 64, 128: 64, 256: 32}
+_BACKWARD_ROWS = {16: 16, 32: 32, 64: 64, 128: 32, 256: 16}
+QUERY_ROWS = {
+    ("forward", False): _ROWS, ("forward", True): _ROWS,
+    ("backward", False): _BACKWARD_ROWS, ("backward", True): _BACKWARD_ROWS | {64: 32},
+    ("bias_grad", False): _BACKWARD_ROWS, ("bias_grad", True): _BACKWARD_ROWS | {64: 32},
+}
+SMALL_TILE = 32 * 32
 # Backward programs per launch to aim for: enough to fill an H100's 132 SMs a few times over;
 # the interpreter runs programs one after another, so there fewer and longer ones cost less.
-TARGET_BACKWARD_PROGRAMS_GPU = 1024
-TARGET_BACKWARD_PROGRAMS_INTERPRETER = 2
+TARGET_BACKWARD_PROGRAMS = {"gpu": 1024, "interpreter": 2}
 MAX_WINDOWS_PER_PROGRAM = 32
 
 
 @triton.jit
-def _load_tile(ptr, rows, cols, stride_row, stride_col, n_rows, n_cols):
-    """Rows x cols tile as fp32 (the interpreter mishandles bf16 arithmetic); zeros outside."""
+def _load_tile(ptr, rows, cols, stride_row, stride_col, n_rows, n_cols, DTYPE: tl.constexpr):
+    """Rows x cols tile in DTYPE (q, k, v: the dot operand dtype, so 16-bit tiles take half the
+    registers; bias, mask: fp32); zeros outside."""
     offsets = rows[:, None] * stride_row + cols[None, :] * stride_col
     inside = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    return tl.load(ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    return tl.load(ptr + offsets, mask=inside, other=0.0).to(DTYPE)
 
 
 @triton.jit
@@ -63,15 +91,40 @@ def _probabilities(q, k, bias_ptr, mask_ptr, head, mask_window, rows, keys, n_to
     scores = _matmul(q, tl.trans(k), DOT_DTYPE, DOT_PRECISION) * scale
     if HAS_BIAS:
         scores += _load_tile(bias_ptr + head * stride_bias_h, rows, keys,
-                             stride_bias_i, stride_bias_j, n_tokens, n_tokens)
+                             stride_bias_i, stride_bias_j, n_tokens, n_tokens, tl.float32)
     if HAS_MASK:
         scores += _load_tile(mask_ptr + mask_window * stride_mask_w, rows, keys,
-                             stride_mask_i, stride_mask_j, n_tokens, n_tokens)
+                             stride_mask_i, stride_mask_j, n_tokens, n_tokens, tl.float32)
     # Only padded keys go to -inf: padded query rows stay finite, so they never turn into NaN
     # that would leak into dk and dv through the backward's P^T products.
     scores = tl.where(keys[None, :] < n_tokens, scores, float("-inf"))
     weights = tl.exp(scores - tl.max(scores, axis=1)[:, None])
     return weights / tl.sum(weights, axis=1)[:, None]
+
+
+@triton.jit
+def _window_probabilities(q_ptr, k_ptr, v_ptr, bias_ptr, mask_ptr, window, head,
+                          rows, keys, dims, n_tokens, mask_windows, scale,
+                          stride_qb, stride_qh, stride_qn, stride_qd,
+                          stride_kb, stride_kh, stride_kn, stride_kd,
+                          stride_vb, stride_vh, stride_vn, stride_vd,
+                          stride_bias_h, stride_bias_i, stride_bias_j,
+                          stride_mask_w, stride_mask_i, stride_mask_j,
+                          HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+                          HEAD_DIM: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                          DOT_PRECISION: tl.constexpr):
+    """q (query rows), k, v (keys) of one window and head, and the probabilities P."""
+    q = _load_tile(q_ptr + window * stride_qb + head * stride_qh, rows, dims,
+                   stride_qn, stride_qd, n_tokens, HEAD_DIM, DOT_DTYPE)
+    k = _load_tile(k_ptr + window * stride_kb + head * stride_kh, keys, dims,
+                   stride_kn, stride_kd, n_tokens, HEAD_DIM, DOT_DTYPE)
+    v = _load_tile(v_ptr + window * stride_vb + head * stride_vh, keys, dims,
+                   stride_vn, stride_vd, n_tokens, HEAD_DIM, DOT_DTYPE)
+    p = _probabilities(q, k, bias_ptr, mask_ptr, head, window % mask_windows, rows, keys,
+                       n_tokens, scale, stride_bias_h, stride_bias_i, stride_bias_j,
+                       stride_mask_w, stride_mask_i, stride_mask_j,
+                       HAS_BIAS, HAS_MASK, DOT_DTYPE, DOT_PRECISION)
+    return q, k, v, p
 
 
 @triton.jit
@@ -94,16 +147,12 @@ def _window_attention_fwd_kernel(
     keys = tl.arange(0, BLOCK_N)
     dims = tl.arange(0, HEAD_DIM)
 
-    q = _load_tile(q_ptr + window * stride_qb + head * stride_qh, rows, dims,
-                   stride_qn, stride_qd, n_tokens, HEAD_DIM)
-    k = _load_tile(k_ptr + window * stride_kb + head * stride_kh, keys, dims,
-                   stride_kn, stride_kd, n_tokens, HEAD_DIM)
-    v = _load_tile(v_ptr + window * stride_vb + head * stride_vh, keys, dims,
-                   stride_vn, stride_vd, n_tokens, HEAD_DIM)
-    p = _probabilities(q, k, bias_ptr, mask_ptr, head, window % mask_windows, rows, keys,
-                       n_tokens, scale, stride_bias_h, stride_bias_i, stride_bias_j,
-                       stride_mask_w, stride_mask_i, stride_mask_j,
-                       HAS_BIAS, HAS_MASK, DOT_DTYPE, DOT_PRECISION)
+    _, _, v, p = _window_probabilities(
+        q_ptr, k_ptr, v_ptr, bias_ptr, mask_ptr, window, head, rows, keys, dims, n_tokens,
+        mask_windows, scale, stride_qb, stride_qh, stride_qn, stride_qd,
+        stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, stride_vh, stride_vn, stride_vd,
+        stride_bias_h, stride_bias_i, stride_bias_j, stride_mask_w, stride_mask_i, stride_mask_j,
+        HAS_BIAS, HAS_MASK, HEAD_DIM, DOT_DTYPE, DOT_PRECISION)
     out = _matmul(p, v, DOT_DTYPE, DOT_PRECISION)
 
     out_offsets = rows[:, None] * stride_on + dims[None, :] * stride_od
@@ -112,9 +161,87 @@ def _window_attention_fwd_kernel(
 
 
 @triton.jit
+def _store_key_grad(ptrs, grad, keys, n_tokens, ACCUMULATE: tl.constexpr):
+    """A (keys x head dim) gradient: stored, or summed with atomics into an fp32 buffer when
+    several query blocks of the window add to it."""
+    inside = keys[:, None] < n_tokens
+    if ACCUMULATE:
+        tl.atomic_add(ptrs, grad, mask=inside)
+    else:
+        tl.store(ptrs, grad.to(ptrs.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _score_grads(q_ptr, k_ptr, v_ptr, bias_ptr, mask_ptr, grad_out_ptr, window, head,
+                 rows, keys, dims, n_tokens, mask_windows, scale,
+                 stride_qb, stride_qh, stride_qn, stride_qd,
+                 stride_kb, stride_kh, stride_kn, stride_kd,
+                 stride_vb, stride_vh, stride_vn, stride_vd,
+                 stride_gb, stride_gh, stride_gn, stride_gd,
+                 stride_bias_h, stride_bias_i, stride_bias_j,
+                 stride_mask_w, stride_mask_i, stride_mask_j,
+                 HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """q, dO, k, the recomputed probabilities P and the score gradient
+    dS = P * (dP - rowsum(P * dP)) with dP = dO V^T, of one window and head."""
+    q, k, v, p = _window_probabilities(
+        q_ptr, k_ptr, v_ptr, bias_ptr, mask_ptr, window, head, rows, keys, dims, n_tokens,
+        mask_windows, scale, stride_qb, stride_qh, stride_qn, stride_qd,
+        stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, stride_vh, stride_vn, stride_vd,
+        stride_bias_h, stride_bias_i, stride_bias_j, stride_mask_w, stride_mask_i, stride_mask_j,
+        HAS_BIAS, HAS_MASK, HEAD_DIM, DOT_DTYPE, DOT_PRECISION)
+    grad_out = _load_tile(grad_out_ptr + window * stride_gb + head * stride_gh, rows, dims,
+                          stride_gn, stride_gd, n_tokens, HEAD_DIM, DOT_DTYPE)
+    grad_p = _matmul(grad_out, tl.trans(v), DOT_DTYPE, DOT_PRECISION)
+    grad_scores = p * (grad_p - tl.sum(p * grad_p, axis=1)[:, None])
+    return q, grad_out, k, p, grad_scores
+
+
+@triton.jit
 def _window_attention_bwd_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, mask_ptr, grad_out_ptr,
-    grad_q_ptr, grad_k_ptr, grad_v_ptr, grad_bias_partial_ptr,
+    grad_q_ptr, grad_k_ptr, grad_v_ptr,
+    heads, n_tokens, mask_windows, scale,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_gb, stride_gh, stride_gn, stride_gd,
+    stride_bias_h, stride_bias_i, stride_bias_j,
+    stride_mask_w, stride_mask_i, stride_mask_j,
+    HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, ACCUMULATE_KV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """dq, dk, dv of one (window, head) and block of query rows; grad_q, grad_k, grad_v are
+    contiguous (windows, heads, n_tokens, HEAD_DIM); with several query blocks per window,
+    grad_k and grad_v are fp32 buffers summed into with atomics."""
+    window_head = tl.program_id(0).to(tl.int64)
+    window, head = window_head // heads, window_head % heads
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    keys = tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, HEAD_DIM)
+    q, grad_out, k, p, grad_scores = _score_grads(
+        q_ptr, k_ptr, v_ptr, bias_ptr, mask_ptr, grad_out_ptr, window, head,
+        rows, keys, dims, n_tokens, mask_windows, scale,
+        stride_qb, stride_qh, stride_qn, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+        stride_vb, stride_vh, stride_vn, stride_vd, stride_gb, stride_gh, stride_gn, stride_gd,
+        stride_bias_h, stride_bias_i, stride_bias_j, stride_mask_w, stride_mask_i, stride_mask_j,
+        HAS_BIAS, HAS_MASK, HEAD_DIM, DOT_DTYPE, DOT_PRECISION)
+
+    base = window_head * n_tokens * HEAD_DIM
+    key_offsets = base + keys[:, None] * HEAD_DIM + dims[None, :]
+    grad_v = _matmul(tl.trans(p), grad_out, DOT_DTYPE, DOT_PRECISION)
+    _store_key_grad(grad_v_ptr + key_offsets, grad_v, keys, n_tokens, ACCUMULATE_KV)
+    grad_k = _matmul(tl.trans(grad_scores), q, DOT_DTYPE, DOT_PRECISION) * scale
+    _store_key_grad(grad_k_ptr + key_offsets, grad_k, keys, n_tokens, ACCUMULATE_KV)
+    grad_q = _matmul(grad_scores, k, DOT_DTYPE, DOT_PRECISION) * scale
+    tl.store(grad_q_ptr + base + rows[:, None] * HEAD_DIM + dims[None, :],
+             grad_q.to(grad_q_ptr.dtype.element_ty), mask=rows[:, None] < n_tokens)
+
+
+@triton.jit
+def _window_attention_bias_grad_kernel(
+    q_ptr, k_ptr, v_ptr, bias_ptr, mask_ptr, grad_out_ptr, grad_bias_partial_ptr,
     windows, heads, n_tokens, mask_windows, scale, windows_per_program,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -122,69 +249,33 @@ def _window_attention_bwd_kernel(
     stride_gb, stride_gh, stride_gn, stride_gd,
     stride_bias_h, stride_bias_i, stride_bias_j,
     stride_mask_w, stride_mask_i, stride_mask_j,
-    HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, NEED_BIAS_GRAD: tl.constexpr,
-    ACCUMULATE_KV: tl.constexpr,
+    HAS_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """grad_q, grad_k, grad_v are contiguous (windows, heads, n_tokens, HEAD_DIM); with several
-    query blocks per window, grad_k and grad_v are fp32 buffers summed into with atomics."""
+    """One partial bias gradient (rows x keys of one head), the sum of dS over the program's
+    windows; torch adds the partials of all programs."""
     group = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
     keys = tl.arange(0, BLOCK_N)
     dims = tl.arange(0, HEAD_DIM)
-    row_offsets = rows[:, None] * HEAD_DIM + dims[None, :]
-    key_offsets = keys[:, None] * HEAD_DIM + dims[None, :]
-    grad_stride_h = n_tokens * HEAD_DIM
-
     grad_bias = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     first_window = group * windows_per_program
     last_window = tl.minimum(first_window + windows_per_program, windows)
     for window in range(first_window, last_window):
-        q = _load_tile(q_ptr + window * stride_qb + head * stride_qh, rows, dims,
-                       stride_qn, stride_qd, n_tokens, HEAD_DIM)
-        grad_out = _load_tile(grad_out_ptr + window * stride_gb + head * stride_gh, rows, dims,
-                              stride_gn, stride_gd, n_tokens, HEAD_DIM)
-        k = _load_tile(k_ptr + window * stride_kb + head * stride_kh, keys, dims,
-                       stride_kn, stride_kd, n_tokens, HEAD_DIM)
-        v = _load_tile(v_ptr + window * stride_vb + head * stride_vh, keys, dims,
-                       stride_vn, stride_vd, n_tokens, HEAD_DIM)
-        p = _probabilities(q, k, bias_ptr, mask_ptr, head, window % mask_windows, rows, keys,
-                           n_tokens, scale, stride_bias_h, stride_bias_i, stride_bias_j,
-                           stride_mask_w, stride_mask_i, stride_mask_j,
-                           HAS_BIAS, HAS_MASK, DOT_DTYPE, DOT_PRECISION)
-        grad_p = _matmul(grad_out, tl.trans(v), DOT_DTYPE, DOT_PRECISION)
-        grad_scores = p * (grad_p - tl.sum(p * grad_p, axis=1)[:, None])
-        if NEED_BIAS_GRAD:
-            grad_bias += grad_scores
-
-        grad_q = _matmul(grad_scores, k, DOT_DTYPE, DOT_PRECISION) * scale
-        grad_k = _matmul(tl.trans(grad_scores), q, DOT_DTYPE, DOT_PRECISION) * scale
-        grad_v = _matmul(tl.trans(p), grad_out, DOT_DTYPE, DOT_PRECISION)
-
-        base = (window * heads + head) * grad_stride_h
-        tl.store(grad_q_ptr + base + row_offsets, grad_q.to(grad_q_ptr.dtype.element_ty),
-                 mask=rows[:, None] < n_tokens)
-        key_inside = keys[:, None] < n_tokens
-        if ACCUMULATE_KV:
-            tl.atomic_add(grad_k_ptr + base + key_offsets, grad_k, mask=key_inside)
-            tl.atomic_add(grad_v_ptr + base + key_offsets, grad_v, mask=key_inside)
-        else:
-            tl.store(grad_k_ptr + base + key_offsets, grad_k.to(grad_k_ptr.dtype.element_ty),
-                     mask=key_inside)
-            tl.store(grad_v_ptr + base + key_offsets, grad_v.to(grad_v_ptr.dtype.element_ty),
-                     mask=key_inside)
-
-    if NEED_BIAS_GRAD:
-        partial = grad_bias_partial_ptr + (group * heads + head) * n_tokens * n_tokens
-        inside = (rows[:, None] < n_tokens) & (keys[None, :] < n_tokens)
-        tl.store(partial + rows[:, None] * n_tokens + keys[None, :], grad_bias, mask=inside)
-
-
-def _allocate(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Every output element is written by a kernel (tests poison this allocation to check)."""
-    return torch.empty(shape, dtype=dtype, device=device)
+        _, _, _, _, grad_scores = _score_grads(
+            q_ptr, k_ptr, v_ptr, bias_ptr, mask_ptr, grad_out_ptr, window, head,
+            rows, keys, dims, n_tokens, mask_windows, scale,
+            stride_qb, stride_qh, stride_qn, stride_qd, stride_kb, stride_kh, stride_kn,
+            stride_kd, stride_vb, stride_vh, stride_vn, stride_vd, stride_gb, stride_gh,
+            stride_gn, stride_gd, stride_bias_h, stride_bias_i, stride_bias_j,
+            stride_mask_w, stride_mask_i, stride_mask_j,
+            True, HAS_MASK, HEAD_DIM, DOT_DTYPE, DOT_PRECISION)
+        grad_bias += grad_scores
+    partial = grad_bias_partial_ptr + (group * heads + head) * n_tokens * n_tokens
+    inside = (rows[:, None] < n_tokens) & (keys[None, :] < n_tokens)
+    tl.store(partial + rows[:, None] * n_tokens + keys[None, :], grad_bias, mask=inside)
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -215,25 +306,32 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 f"batch B*nW = {windows} must be a multiple of the mask's nW = {mask.shape[0]}")
 
 
-def _block_sizes(n_tokens: int) -> tuple[int, int]:
-    """(query rows, keys) per program: all keys padded to a power of two, at least 16."""
+class Tiles(NamedTuple):
+    """Block sizes and launch options of one of the kernels."""
+    block_m: int  # query rows per program
+    block_n: int  # keys per program: the whole window, padded to a power of two
+    num_warps: int
+    num_stages: int
+
+
+def launch_tiles(n_tokens: int, head_dim: int, dot: DotConfig, kernel: str) -> Tiles:
+    """All keys of a window in one block (padded to a power of two, >= 16 for tl.dot) and the
+    query rows of `kernel` ("forward", "backward" or "bias_grad") from QUERY_ROWS: tiles that
+    compile for sm_90 without spills (scripts/sm90_compile_check.sh checks every launch the
+    tests and a GPU make). No kernel has a loop worth pipelining (num_stages=1)."""
     block_n = max(MIN_DOT_SIZE, triton.next_power_of_2(n_tokens))
-    return min(block_n, MAX_SCORE_TILE // block_n), block_n
+    fma = dot.dtype == tl.float32 and dot.precision == "ieee"
+    rows = QUERY_ROWS[kernel, fma][block_n]
+    if head_dim > 32 and (kernel != "forward" or fma):
+        rows //= 2
+    block_m = max(MIN_DOT_SIZE, min(block_n, rows))
+    num_warps = 4 if kernel == "forward" and block_m * block_n <= SMALL_TILE else 8
+    return Tiles(block_m, block_n, num_warps, num_stages=1)
 
 
-def _dot_config(dtype: torch.dtype) -> tuple[tl.dtype, str]:
-    """Half inputs feed tensor cores in their own dtype (bf16 dots are garbage in the
-    interpreter, so fp32 there); fp32 inputs follow torch's own TF32 switch for matmuls.
-    The precision only matters for fp32 operands."""
-    if dtype == torch.float16:
-        return tl.float16, "ieee"
-    if dtype == torch.bfloat16 and not interpreting():
-        return tl.bfloat16, "ieee"
-    return tl.float32, "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
-
-
-def _num_warps(block_m: int, block_n: int) -> int:
-    return 4 if block_m * block_n <= 64 * 64 else 8
+def _dot_config(dtype: torch.dtype) -> DotConfig:
+    """fp32 inputs follow torch's own TF32 switch for matmuls (what the eager path uses)."""
+    return dot_config(dtype, allow_tf32=torch.backends.cuda.matmul.allow_tf32)
 
 
 def _optional_strides(t: torch.Tensor | None) -> tuple[int, int, int]:
@@ -244,28 +342,27 @@ def _launch_forward(q, k, v, bias, mask, scale: float) -> torch.Tensor:
     check_inputs(q, k, v, bias, mask)
     check_device(*(t for t in (q, k, v, bias, mask) if t is not None))
     windows, heads, n_tokens, head_dim = q.shape
-    out = _allocate(q.shape, q.dtype, q.device)
+    out = empty_output(q.shape, q.dtype, q.device)
     if out.numel() == 0:
         return out
-    block_m, block_n = _block_sizes(n_tokens)
-    dot_dtype, dot_precision = _dot_config(q.dtype)
-    grid = (windows * heads, triton.cdiv(n_tokens, block_m))
+    dot = _dot_config(q.dtype)
+    tiles = launch_tiles(n_tokens, head_dim, dot, "forward")
+    grid = (windows * heads, triton.cdiv(n_tokens, tiles.block_m))
     _window_attention_fwd_kernel[grid](
         q, k, v, q if bias is None else bias, q if mask is None else mask, out,
         heads, n_tokens, 1 if mask is None else mask.shape[0], scale,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         *_optional_strides(bias), *_optional_strides(mask),
         HAS_BIAS=bias is not None, HAS_MASK=mask is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim,
-        DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_precision,
-        num_warps=_num_warps(block_m, block_n),
+        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, HEAD_DIM=head_dim,
+        DOT_DTYPE=dot.dtype, DOT_PRECISION=dot.precision,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
     return out
 
 
 def _windows_per_program(windows: int, heads: int, query_blocks: int) -> int:
-    target = (TARGET_BACKWARD_PROGRAMS_INTERPRETER if interpreting()
-              else TARGET_BACKWARD_PROGRAMS_GPU)
+    target = TARGET_BACKWARD_PROGRAMS[launch_target()]
     per_program = triton.cdiv(windows * heads * query_blocks, target)
     return max(1, min(MAX_WINDOWS_PER_PROGRAM, per_program))
 
@@ -277,40 +374,54 @@ def _launch_backward(grad_out, q, k, v, bias, mask, scale: float,
     require(grad_out.shape == q.shape,
             f"grad_out must have q's shape {tuple(q.shape)}, got {tuple(grad_out.shape)}")
     windows, heads, n_tokens, head_dim = q.shape
-    need_bias_grad = need_bias_grad and bias is not None
-    block_m, block_n = _block_sizes(n_tokens)
-    query_blocks = triton.cdiv(n_tokens, block_m)
+    dot = _dot_config(q.dtype)
+    tiles = launch_tiles(n_tokens, head_dim, dot, "backward")
+    query_blocks = triton.cdiv(n_tokens, tiles.block_m)
     accumulate_kv = query_blocks > 1
-    per_program = _windows_per_program(windows, heads, query_blocks)
-    groups = triton.cdiv(windows, per_program)
-
-    grad_q = _allocate(q.shape, q.dtype, q.device)
+    grad_q = empty_output(q.shape, q.dtype, q.device)
     if accumulate_kv:
         grad_k = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         grad_v = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     else:
-        grad_k = _allocate(q.shape, q.dtype, q.device)
-        grad_v = _allocate(q.shape, q.dtype, q.device)
-    grad_bias_partial = _allocate((groups, heads, n_tokens, n_tokens) if need_bias_grad else (1,),
-                                  torch.float32, q.device)
+        grad_k = empty_output(q.shape, q.dtype, q.device)
+        grad_v = empty_output(q.shape, q.dtype, q.device)
+    inputs = (q, k, v, q if bias is None else bias, q if mask is None else mask, grad_out)
+    strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
+               *_optional_strides(bias), *_optional_strides(mask))
+    mask_windows = 1 if mask is None else mask.shape[0]
     if q.numel() > 0:
-        dot_dtype, dot_precision = _dot_config(q.dtype)
-        _window_attention_bwd_kernel[(groups, heads, query_blocks)](
-            q, k, v, q if bias is None else bias, q if mask is None else mask, grad_out,
-            grad_q, grad_k, grad_v, grad_bias_partial,
-            windows, heads, n_tokens, 1 if mask is None else mask.shape[0], scale, per_program,
-            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(),
-            *_optional_strides(bias), *_optional_strides(mask),
-            HAS_BIAS=bias is not None, HAS_MASK=mask is not None,
-            NEED_BIAS_GRAD=need_bias_grad, ACCUMULATE_KV=accumulate_kv,
-            BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim,
-            DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_precision,
-            num_warps=_num_warps(block_m, block_n),
+        _window_attention_bwd_kernel[(windows * heads, query_blocks)](
+            *inputs, grad_q, grad_k, grad_v, heads, n_tokens, mask_windows, scale, *strides,
+            HAS_BIAS=bias is not None, HAS_MASK=mask is not None, ACCUMULATE_KV=accumulate_kv,
+            BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, HEAD_DIM=head_dim,
+            DOT_DTYPE=dot.dtype, DOT_PRECISION=dot.precision,
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
         )
     grads = [grad_q, grad_k.to(q.dtype), grad_v.to(q.dtype)]
-    if need_bias_grad:
-        grads.append(grad_bias_partial.sum(0).to(bias.dtype))
+    if need_bias_grad and bias is not None:
+        grads.append(_bias_grad(inputs, strides, windows, heads, n_tokens, mask_windows,
+                                scale, mask is not None, head_dim, dot).to(bias.dtype))
     return grads
+
+
+def _bias_grad(inputs, strides, windows: int, heads: int, n_tokens: int, mask_windows: int,
+               scale: float, has_mask: bool, head_dim: int, dot: DotConfig) -> torch.Tensor:
+    """Sum of dS over every window: per-program partial sums, then torch adds them up."""
+    tiles = launch_tiles(n_tokens, head_dim, dot, "bias_grad")
+    query_blocks = triton.cdiv(n_tokens, tiles.block_m)
+    per_program = _windows_per_program(windows, heads, query_blocks)
+    groups = triton.cdiv(windows, per_program)
+    q = inputs[0]
+    partial = empty_output((groups, heads, n_tokens, n_tokens), torch.float32, q.device)
+    if q.numel() > 0:
+        _window_attention_bias_grad_kernel[(groups, heads, query_blocks)](
+            *inputs, partial, windows, heads, n_tokens, mask_windows, scale, per_program,
+            *strides, HAS_MASK=has_mask,
+            BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, HEAD_DIM=head_dim,
+            DOT_DTYPE=dot.dtype, DOT_PRECISION=dot.precision,
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        )
+    return partial.sum(0)
 
 
 # Custom ops: autograd, torch.compile and FLOP counters see "segbench::window_attention" by

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import argparse
 import errno
+import itertools
 import re
 import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from segbench.config import PROFILES, RunConfig, UsageError, default_profile
+from segbench.config import (
+    BATCH_SWEEP_RULE,
+    COMPILE_MODES,
+    DTYPES,
+    PROFILES,
+    Mode,
+    RunConfig,
+    UsageError,
+    default_profile,
+)
 
 EXAMPLES = """
 examples:
@@ -27,6 +37,10 @@ examples:
                                                  torch and Triton rows on the same weights
   segbench run --arch all --seeds 0,1,2 --workers 4
                                                  four trainings at a time on a local Ray
+  segbench run --arch unet --compile none,default --channels-last
+                                                 eager and compiled rows of one training
+  segbench measure runs/cpu_cpu_brain-tissue_96px_s0 --batch-sweep 1,2,4,8
+                                                 re-time saved weights, no training
   segbench report runs/a runs/b                  one table, accuracy-cost plots, curves
   segbench data check brain-tissue               validate a dataset and summarise it
 """
@@ -119,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     run.add_argument("--threads", type=int, default=2,
                      help="CPU threads for training and every measurement (default 2)")
+    add_measure_arguments(run)
+    run.add_argument("--save-weights", action=argparse.BooleanOptionalAction,
+                     help="keep each training's weights in the run folder for segbench measure "
+                     "(default: for models up to 100 MB)")
     run.add_argument("--pretrained", help="local state_dict of the backbone (no downloads)")
     run.add_argument("--force", action="store_true",
                      help="run a gpu profile on a CPU, or past the memory estimate")
@@ -130,6 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--ray-address", metavar="ADDR|auto",
                      help="run on the Ray cluster at ADDR (auto: the one started on this "
                      "machine), each node started with ray start --resources='{\"bench\": 1}'")
+
+    measure = commands.add_parser(
+        "measure", help="measure a run folder's saved weights again: other modes, another "
+        "device, a batch sweep, or a re-timing; appends rows, no training",
+        description="Measure the trained weights a run kept (weights/*.pt) again, without\n"
+        "training: in other deployment modes, with other kernels or threads, with a batch\n"
+        "sweep, on another device (into another --out), or simply again, to re-time rows\n"
+        "flagged timing_unstable. Rows with the same settings are replaced by the new ones.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    measure.add_argument("folder", type=Path, help="a run folder written by segbench run")
+    measure.add_argument("--arch", help="comma-separated architecture or variant names "
+                         "(default: every saved training)")
+    measure.add_argument("--device", choices=["cpu", "cuda"],
+                         help="default: the folder's device; another one needs --out")
+    measure.add_argument("--kernels", choices=["auto", "torch", "triton", "both"],
+                         default="auto", help="as for segbench run (default auto)")
+    measure.add_argument("--threads", type=int, default=2,
+                         help="CPU threads for every measurement (default 2)")
+    add_measure_arguments(measure)
+    measure.add_argument("--out", type=Path,
+                         help="run folder for the rows (default: the folder itself)")
 
     report = commands.add_parser("report", help="merge run folders into one table and plots")
     report.add_argument("folders", nargs="+", type=Path)
@@ -151,6 +190,24 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{PROFILES['gpu'].image_size} px with CUDA)")
     check.add_argument("--seed", type=int, default=0, help="the split seed (default 0)")
     return parser
+
+
+def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
+    """Deployment modes and the batch sweep, shared by run and measure."""
+    parser.add_argument("--compile", default="none",
+                        help="torch.compile mode(s), comma-separated: none (eager, default), "
+                        "default, max-autotune; several give one row each. Compile time is "
+                        "its own column (compile_s)")
+    parser.add_argument("--dtype", default="auto",
+                        help="autocast dtype(s), comma-separated: fp32, bf16, fp16 (CUDA "
+                        "only); auto (default): bf16 on CUDA, fp32 on a CPU")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="weights and inputs in channels-last memory format")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="capture the inference step in a CUDA graph and replay it (CUDA)")
+    parser.add_argument("--batch-sweep",
+                        help="batch sizes, e.g. 1,2,4,8: latency and throughput at each until "
+                        "out of memory, into sweep.csv and throughput_vs_batch.png")
 
 
 def fail(message: str) -> int:
@@ -180,6 +237,33 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     if repeated:
         raise UsageError(f"--seeds names {', '.join(map(str, repeated))} more than once")
     return seeds
+
+
+def parse_choices(text: str, flag: str, choices: tuple[str, ...]) -> tuple[str, ...]:
+    values = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",")))
+    wrong = [v for v in values if v not in choices]
+    if wrong or not values:
+        raise UsageError(f"{flag} takes {', '.join(choices)} (comma-separated for several), "
+                         f"got {text!r}")
+    return values
+
+
+def parse_modes(args) -> tuple[Mode, ...]:
+    """One mode per compile mode x dtype given, each with the memory-format and graph flags."""
+    compiles = parse_choices(args.compile, "--compile", COMPILE_MODES)
+    dtypes = parse_choices(args.dtype, "--dtype", DTYPES)
+    return tuple(Mode(compile=c, dtype=d, channels_last=args.channels_last,
+                      cuda_graphs=args.cuda_graphs)
+                 for c, d in itertools.product(compiles, dtypes))
+
+
+def parse_batch_sweep(text: str | None) -> tuple[int, ...]:
+    if text is None:
+        return ()
+    parts = [part.strip() for part in text.split(",")]
+    if not all(re.fullmatch(r"\d+", part) for part in parts):
+        raise UsageError(f"--batch-sweep must be {BATCH_SWEEP_RULE}; got {text!r}")
+    return tuple(int(part) for part in parts)
 
 
 def _slug(dataset: str) -> str:
@@ -245,8 +329,10 @@ def run_config(args) -> RunConfig:
     cfg = RunConfig(archs=resolve_arch_names(names), dataset=args.dataset, profile=profile,
                     device=device, kernels=args.kernels, out_dir=Path("."),
                     seeds=parse_seeds(args.seeds), folds=args.folds or 1,
-                    split_seed=args.split_seed, threads=args.threads,
-                    pretrained=args.pretrained, force=args.force)
+                    split_seed=args.split_seed, modes=parse_modes(args), threads=args.threads,
+                    batch_sweep=parse_batch_sweep(args.batch_sweep),
+                    save_weights=args.save_weights, pretrained=args.pretrained,
+                    force=args.force)
     return replace(cfg, out_dir=args.out or default_out(cfg))
 
 
@@ -259,29 +345,91 @@ def executor_for(args, device: str):
     return RayExecutor(device, workers=args.workers, address=args.ray_address)
 
 
-def command_run(args) -> int:
+def _outcome(record) -> str:
+    if record.status != "ok":
+        return f"{record.status}: {record.reason}"
+    flag = " (timing unstable: see timing_reason)" if record.extra.get("timing_unstable") \
+        else ""
+    return f"mDice {record.mdice:.3f}, {record.latency_ms:.1f} ms{flag}"
+
+
+def _report_rows(records, out: Path, again: str) -> int:
+    """Print each row as it is written; the folder's figures at the end, with their paths;
+    Ctrl-C keeps the rows."""
     from tqdm.auto import tqdm
 
+    from segbench.plots import draw_folder
+
+    try:
+        for record in records:
+            tqdm.write(f"  {record.variant} [{record.kernels}, {record.mode}] seed "
+                       f"{record.seed}: {_outcome(record)}")
+    except (KeyboardInterrupt, Terminated) as e:
+        name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        print(f"\nsegbench: stopped by {name}; finished rows are kept in {out}; {again}",
+              file=sys.stderr)
+        return SIGNAL_EXIT[name]
+    figures = ", ".join(map(str, draw_folder(out))) or "none (no finished rows)"
+    print(f"segbench: results in {out}/results.md; plots: {figures}")
+    return 0
+
+
+def command_run(args) -> int:
     from segbench.runner import run
 
     cfg = run_config(args)
-    executor = executor_for(args, cfg.device)
-    try:
-        for record in run(cfg, executor=executor):
-            outcome = (f"mDice {record.mdice:.3f}, {record.latency_ms:.1f} ms"
-                       if record.status == "ok" else f"{record.status}: {record.reason}")
-            tqdm.write(f"  {record.variant} [{record.kernels}, {record.mode}] seed "
-                       f"{record.seed}: {outcome}")
-    except (KeyboardInterrupt, Terminated) as e:
-        name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
-        print(f"\nsegbench: stopped by {name}; finished rows are kept in {cfg.out_dir}; run "
-              "the same command to resume", file=sys.stderr)
-        return SIGNAL_EXIT[name]
-    from segbench.plots import draw_folder
+    records = run(cfg, executor=executor_for(args, cfg.device))
+    return _report_rows(records, cfg.out_dir, "run the same command to resume")
 
-    figures = ", ".join(map(str, draw_folder(cfg.out_dir))) or "none (no finished rows)"
-    print(f"segbench: results in {cfg.out_dir}/results.md; plots: {figures}")
-    return 0
+
+def measure_config(args, study: dict, saved: list) -> RunConfig:
+    """The RunConfig of a re-measurement: the folder's study, the saved trainings chosen,
+    this command's device, kernels, modes, threads and sweep."""
+    from segbench.grid import check_kernels
+    from segbench.weights import profile_of
+
+    device = resolve_device(args.device or study["device"])
+    if device != study["device"] and args.out is None:
+        raise UsageError(f"{args.folder} holds {study['device']} rows; measuring on {device} "
+                         "writes another run folder: add --out PATH")
+    if args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    check_kernels(args.kernels, device)
+    variants = tuple(dict.fromkeys(entry.identity["variant"] for entry in saved))
+    return RunConfig(archs=variants, dataset=study["dataset"], profile=profile_of(study),
+                     device=device, kernels=args.kernels, out_dir=args.out or args.folder,
+                     seeds=tuple(sorted({entry.identity["seed"] for entry in saved})),
+                     modes=parse_modes(args), threads=args.threads,
+                     batch_sweep=parse_batch_sweep(args.batch_sweep), save_weights=False)
+
+
+def chosen_trainings(saved: list, arch: str | None, folder: Path) -> list:
+    """The saved trainings --arch names (architecture or variant names), or all of them."""
+    from segbench.grid import resolve_arch_names
+
+    if arch is None:
+        return saved
+    names = set(resolve_arch_names(tuple(a.strip() for a in arch.split(",") if a.strip())))
+    chosen = [e for e in saved if {e.identity["arch"], e.identity["variant"]} & names]
+    if not chosen:
+        held = ", ".join(dict.fromkeys(e.identity["variant"] for e in saved))
+        raise UsageError(f"{folder} has no saved weights of {arch} (it has: {held})")
+    return chosen
+
+
+def command_measure(args) -> int:
+    from segbench import results
+    from segbench.runner import measure_saved
+    from segbench.weights import load_saved
+
+    manifest = results.read_manifest(args.folder) if args.folder.is_dir() else None
+    if manifest is None:
+        raise UsageError(f"{args.folder} is not a segbench run folder (no run.json)")
+    saved = chosen_trainings(load_saved(args.folder, manifest["study"]), args.arch,
+                             args.folder)
+    cfg = measure_config(args, manifest["study"], saved)
+    return _report_rows(measure_saved(cfg, args.folder, saved), cfg.out_dir,
+                        "run the same command to measure again")
 
 
 def parse_input_size(text: str | None) -> tuple[int, int] | None:
@@ -326,8 +474,8 @@ def command_data(args) -> int:
     return 0
 
 
-COMMANDS = {"run": command_run, "list": command_list, "report": command_report,
-            "data": command_data}
+COMMANDS = {"run": command_run, "measure": command_measure, "list": command_list,
+            "report": command_report, "data": command_data}
 
 
 def _is_user_error(error: Exception) -> bool:

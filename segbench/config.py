@@ -65,6 +65,7 @@ def default_profile(device: str) -> Profile:
 COMPILE_MODES = ("none", "default", "max-autotune")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 RECIPES = ("shared",)  # "family" arrives with segbench.recipes
+BATCH_SWEEP_RULE = "increasing positive integers such as 1,2,4,8"
 
 
 def default_dtype(device: str) -> str:
@@ -87,9 +88,15 @@ class Mode:
                              f"got {self.compile!r}")
         if self.dtype not in DTYPES:
             raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.compile != "none" or self.channels_last or self.cuda_graphs:
-            raise UsageError("torch.compile, channels-last and CUDA-graph modes are not "
-                             "measured by this version; only the dtype can be chosen")
+
+    def check_device(self, device: str) -> None:
+        """fp16 autocast and CUDA graphs exist only on a GPU."""
+        if device == "cuda":
+            return
+        if self.dtype == "fp16":
+            raise UsageError(f"--dtype fp16 needs --device cuda (on {device}: fp32 or bf16)")
+        if self.cuda_graphs:
+            raise UsageError(f"--cuda-graphs needs --device cuda (no CUDA graphs on {device})")
 
     def resolved(self, device: str) -> Mode:
         return replace(self, dtype=default_dtype(device)) if self.dtype == "auto" else self
@@ -117,6 +124,8 @@ class RunConfig:
     recipe: str = "shared"  # "shared": the profile's lr and weight decay for every model
     modes: tuple[Mode, ...] = (Mode(),)
     threads: int = 2  # CPU threads for training and every measurement
+    batch_sweep: tuple[int, ...] = ()  # inference batches timed per row, increasing, until OOM
+    save_weights: bool | None = None  # None: save the trained weights of small models only
     pretrained: str | None = None
     cache_dir: Path | None = field(default=None)
     force: bool = False  # run a profile that needs a GPU on a CPU, or past the memory estimate
@@ -126,6 +135,12 @@ class RunConfig:
             raise UsageError("seeds is empty")
         if self.folds < 1:
             raise UsageError(f"folds must be at least 1, got {self.folds}")
+        if list(self.batch_sweep) != sorted(set(self.batch_sweep)) or \
+                any(b < 1 for b in self.batch_sweep):
+            raise UsageError(f"--batch-sweep must be {BATCH_SWEEP_RULE}; got "
+                             f"{','.join(map(str, self.batch_sweep))}")
+        for mode in self.modes:
+            mode.check_device(self.device)
         if self.recipe not in RECIPES:
             raise UsageError(f"recipe must be one of {', '.join(RECIPES)} in this version, "
                              f"got {self.recipe!r}")

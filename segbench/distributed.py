@@ -258,9 +258,11 @@ class RayExecutor:
         return {**device, "resources": {BENCH: 1}}
 
     def records(self, cfg: RunConfig, units: list[Unit], data: SplitData,
-                log: Callable[[str], None]) -> Iterator[Record]:
+                log: Callable[[str], None],
+                keep: Callable[[Unit, Trained], None]) -> Iterator[Record]:
         """Every unit's training and measuring submitted at once; each unit's rows as soon as
-        they are back."""
+        they are back. A finished training's weights come here for `keep` unless the run
+        keeps none (--no-save-weights)."""
         ray = self._ray
         log(self._summary)
         board = ray.remote(Board).options(num_cpus=0).remote()
@@ -268,11 +270,11 @@ class RayExecutor:
                                                     **self._training(cfg))
         measure = ray.remote(measure_on_worker).options(max_retries=MAX_RETRIES,
                                                         **self._measuring(cfg))
-        training: dict = {}  # ObjectRef -> task key
+        training: dict = {}  # ObjectRef -> (task key, unit)
         measuring: dict = {}  # ObjectRef -> (task key, unit)
         for number, unit in enumerate(units):
             trained = train.remote(unit, cfg, board, f"train {number}")
-            training[trained] = f"train {number}"
+            training[trained] = (f"train {number}", unit)
             rows = measure.remote(unit, trained, cfg, board, f"measure {number}")
             measuring[rows] = (f"measure {number}", unit)
         progress = RayProgress(row_count(units))
@@ -281,17 +283,30 @@ class RayExecutor:
                 ready, _ = ray.wait([*training, *measuring], num_returns=1, timeout=REFRESH_S,
                                     fetch_local=False)  # weights go worker to worker
                 for ref in ready:
-                    if training.pop(ref, None) is None:
-                        _, unit = measuring.pop(ref)
-                        records = self._fetch(ref, cfg, unit)
-                        progress.advance(len(records))
-                        yield from records
-                keys = [*training.values(), *(key for key, _ in measuring.values())]
+                    if ref in training:  # listed first: ready before its rows
+                        _, unit = training.pop(ref)
+                        self._keep(ref, unit, cfg, keep)
+                        continue
+                    _, unit = measuring.pop(ref)
+                    records = self._fetch(ref, cfg, unit)
+                    progress.advance(len(records))
+                    yield from records
+                keys = [key for key, _ in (*training.values(), *measuring.values())]
                 progress.show(self._doing(board, keys))
         finally:
             for ref in [*training, *measuring]:
                 ray.cancel(ref, force=True)
             progress.close()
+
+    def _keep(self, ref, unit: Unit, cfg: RunConfig,
+              keep: Callable[[Unit, Trained], None]) -> None:
+        if cfg.save_weights is False:
+            return
+        try:
+            trained = self._ray.get(ref)
+        except self._ray.exceptions.RayError:
+            return  # its measuring task fails too, and becomes the unit's rows
+        keep(unit, trained)
 
     def _fetch(self, ref, cfg: RunConfig, unit: Unit) -> list[Record]:
         try:

@@ -51,7 +51,7 @@ def resolve_arch_names(names: tuple[str, ...]) -> tuple[str, ...]:
         elif name in architectures or name in variants:
             found = [name]
         else:
-            known = list(dict.fromkeys(architectures + variants))
+            known = list(dict.fromkeys([*architectures, *variants]))
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
             hint = f"did you mean {' or '.join(close)}? " if close else ""
             raise UsageError(f"unknown architecture {name!r}; {hint}architectures: "
@@ -93,13 +93,19 @@ def check_kernels(kernels: str, device: str) -> None:
                          "the environment (the Triton interpreter: for rehearsals and tests)")
 
 
+def rows_for(cfg: RunConfig) -> tuple[Row, ...]:
+    """The rows every unit of a run is measured as: its kernels backends x deployment modes."""
+    backends = backends_for(cfg.kernels, cfg.device)
+    return tuple(Row(backend, mode.resolved(cfg.device))
+                 for mode in dict.fromkeys(cfg.modes) for backend in backends)
+
+
 def build_grid(cfg: RunConfig) -> list[Unit]:
     """Seed-major, then fold, then architecture: consecutive units share their data split."""
     specs = resolve_variants(cfg.archs, cfg.profile.small_models)
     backends = backends_for(cfg.kernels, cfg.device)
     train_kernels = "torch" if cfg.kernels == "both" else backends[0]
-    rows = tuple(Row(backend, mode.resolved(cfg.device))
-                 for mode in dict.fromkeys(cfg.modes) for backend in backends)
+    rows = rows_for(cfg)
     return [Unit(spec.arch, spec.name, seed, cfg.split_seed_for(seed), fold, cfg.folds,
                  train_kernels, rows)
             for seed in cfg.seeds for fold in range(cfg.folds) for spec in specs]

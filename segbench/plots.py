@@ -1,7 +1,7 @@
 """The figures of run folders: test mDice against each cost with its Pareto front, the forest
-plot of mDice intervals per architecture (from summary.csv) and the training curves (from
-history.csv). Each figure states its conditions and its spread; a figure whose data a folder
-lacks is not drawn.
+plot of mDice intervals per architecture (from summary.csv), the training curves (from
+history.csv) and inference throughput against batch size (from sweep.csv). Each figure states
+its conditions and its spread; a figure whose data a folder lacks is not drawn.
 
 Figures are built on matplotlib's object API (no pyplot, no global state) and written
 atomically, PNG and SVG, beside the tables.
@@ -65,6 +65,7 @@ class RunData:
     rows: list[dict]
     summary: list[dict] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
+    sweep: list[dict] = field(default_factory=list)
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -76,7 +77,7 @@ def _read_csv(path: Path) -> list[dict]:
 
 def read_run(folder: Path) -> RunData:
     return RunData(folder.name, [{**row, "run": folder.name} for row in results.read_rows(folder)],
-                   _read_csv(folder / "summary.csv"), _read_csv(folder / "history.csv"))
+                   *(_read_csv(folder / f"{name}.csv") for name in ("summary", "history", "sweep")))
 
 
 def number(value) -> float:
@@ -454,7 +455,8 @@ def _panel_groups(rows: list[dict]) -> list[tuple[tuple, list[dict]]]:
 
 
 def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI)
+    """A figure of whole pixels (the PNG is then exactly the figure's size)."""
+    fig = Figure(figsize=(round(width * DPI) / DPI, round(height * DPI) / DPI), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
 
@@ -604,7 +606,10 @@ def _training_label(lines: list[dict], trainings: list[list[dict]]) -> str:
     parts = []
     if _shared(first, "variant") is None:
         parts.append(lines[0]["variant"])
+    split_follows_seed = all(t.get("split_seed") == t.get("seed") for t in first)
     for name in ("seed", "split_seed", "fold", "recipe", "threads", "train_kernels"):
+        if name == "split_seed" and split_follows_seed:  # the default: one split per seed
+            continue
         if _shared(first, name) is None:
             parts.append(f"{name.replace('_', ' ')} {lines[0].get(name)}")
     return ", ".join(parts) or f"seed {lines[0].get('seed')}"
@@ -666,6 +671,88 @@ def _draw_curves(ax, trainings: list[list[dict]]) -> None:
         ax.legend(handles=handles, fontsize=6.5, loc="upper right", framealpha=0.8)
 
 
+# ---------------------------------------------------------------- throughput vs batch
+
+
+def _sweep_curves(runs: list[RunData]) -> dict[tuple, dict[str, dict]]:
+    """sweep.csv by panel (dataset, image size, device), then by row (variant, kernels, mode):
+    the batches that ran, their throughputs, whether any was flagged unstable, and the batch
+    that did not fit (None when every batch ran)."""
+    panels: dict[tuple, dict[str, dict]] = {}
+    for run in runs:
+        for line in run.sweep:
+            label = f"{line['variant']} [{line['kernels']}, {line['mode']}]"
+            if len(runs) > 1:
+                label = f"{run.name}: {label}"
+            panel = tuple(str(line.get(f)) for f in PANEL_FIELDS)
+            curve = panels.setdefault(panel, {}).setdefault(
+                label, {"batches": [], "rates": [], "unstable": [], "failed_at": None})
+            if line.get("status") == "ok":
+                curve["batches"].append(int(line["batch"]))
+                curve["rates"].append(number(line["throughput_img_s"]))
+                curve["unstable"].append(is_true(line.get("timing_unstable")))
+            else:
+                curve["failed_at"] = int(line["batch"])
+    return panels
+
+
+def sweep_figure(runs: list[RunData]) -> Figure | None:
+    """Inference throughput against batch size, one line per row (variant, kernels, mode), one
+    panel per (dataset, image size, device); an x ends a line whose next batch did not fit and
+    a hollow marker is a batch whose timing was unstable."""
+    panels = sorted(_sweep_curves(runs).items())
+    if not panels:
+        return None
+    width = 7.0 * len(panels)
+    caption = _wrap(["Each point: images/s = batch / median forward latency over the timing "
+                     "rounds (sweep.csv). x: the next batch of the sweep did not fit (out of "
+                     "memory, or not tried because the extrapolated memory exceeded what was "
+                     "free). Hollow: timing flagged unstable at that batch."], width)
+    caption_in = CAPTION_LINE_IN * len(caption) + 0.25
+    height = 4.7 + caption_in
+    fig = _new_figure(width, height)
+    axes = fig.subplots(1, len(panels), squeeze=False, gridspec_kw={
+        "left": 0.75 / width, "right": 1 - 0.25 / width, "top": 1 - 0.45 / height,
+        "bottom": (caption_in + 0.55) / height, "wspace": 0.22})
+    for ax, (panel, curves) in zip(axes[0], panels, strict=True):
+        rows = [{"dataset": panel[0], "image_size": panel[1], "device": panel[2],
+                 **{f: line.get(f) for f in ("device_name", "dtype", "threads")}}
+                for run in runs for line in run.sweep
+                if tuple(str(line.get(f)) for f in PANEL_FIELDS) == panel]
+        _draw_sweep(ax, curves)
+        ax.set_title(f"Throughput vs batch: {conditions(rows)}", fontsize=9)
+    fig.text(0.75 / width, (caption_in - 0.1) / height, "\n".join(caption), fontsize=7.5,
+             va="top", linespacing=1.35)
+    return fig
+
+
+def _draw_sweep(ax, curves: dict[str, dict]) -> None:
+    batches = []
+    for label, curve in sorted(curves.items()):
+        if not curve["batches"]:
+            continue
+        (drawn,) = ax.plot(curve["batches"], curve["rates"], lw=1.2, label=label)
+        color = drawn.get_color()
+        for batch, rate, unstable in zip(curve["batches"], curve["rates"], curve["unstable"],
+                                         strict=True):
+            ax.scatter(batch, rate, s=25, facecolors="none" if unstable else color,
+                       edgecolors=color, zorder=3)
+        if curve["failed_at"] is not None:
+            ax.scatter(curve["batches"][-1], curve["rates"][-1], marker="x", s=80, zorder=4,
+                       color=color)
+        batches += curve["batches"]
+    ax.set_xscale("log", base=2)
+    if batches:
+        ax.xaxis.set_major_locator(FixedLocator(sorted(set(batches))))
+        ax.xaxis.set_major_formatter(FuncFormatter(_tick_text))
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("batch size (log2 scale)")
+    ax.set_ylabel("inference throughput (images/s)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -696,6 +783,7 @@ def draw_figures(runs: list[RunData], out: Path, cost: str | None = None,
          accuracy_cost_figure(runs, [cost] if cost else list(COSTS))),
         ("mDice with 95% CIs", "mdice_forest", forest_figure(runs)),
         ("training curves", "training_curves", curves_figure(runs)),
+        ("throughput vs batch", "throughput_vs_batch", sweep_figure(runs)),
     ]
     drawn = []
     for title, stem, fig in figures:

@@ -36,8 +36,9 @@ def write_report(folders: list[Path], out: Path | None = None, cost: str | None 
     for folder, manifest in manifests:
         lines += [f"## {folder.name}", *results.method_lines(manifest, run_rows(rows, folder)),
                   ""]
+    marked, flagged = results.mark_unstable_timing(rows)
     lines += ["## All rows (sorted by mDice within each run)", "",
-              results.markdown_table(rows, REPORT_COLUMNS), ""]
+              results.markdown_table(marked, REPORT_COLUMNS), "", *flagged]
     figures = plots.draw_figures(runs, out, cost)
     if figures:
         lines += ["## Figures", "", "Each figure states its conditions and spread in its "

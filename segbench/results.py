@@ -224,8 +224,11 @@ MARKDOWN_COLUMNS = [
     ("latency_ms", "latency ms (p50)"), ("latency_p95_ms", "p95 ms"),
     ("throughput_img_s", "img/s"), ("throughput_batch", "@batch"),
     ("peak_mem_mb", "infer MB"), ("train_peak_mem_mb", "train MB"),
-    ("train_time_s", "train s"),
+    ("train_img_s", "train img/s"), ("train_time_s", "train s"),
 ]
+# shown in results.md only when some row has them
+OPTIONAL_COLUMNS = [("compile_s", "compile s")]
+UNSTABLE_MARK = "†"
 # key columns shown in results.md only when the rows differ in them
 VARYING_COLUMNS = [("seed", "seed"), ("split_seed", "split seed"), ("fold", "fold"),
                    ("mode", "mode"), ("threads", "threads"), ("train_kernels", "trained with"),
@@ -272,6 +275,24 @@ def _dtype_line(rows: list[dict]) -> str:
     return "- dtype: per row (columns dtype and mode)"
 
 
+def _speed_lines(profile: dict, method: dict) -> list[str]:
+    batches = tuple(profile["throughput_batches"])
+    timing = method.get("timing")
+    if timing is None:  # a folder measured before timings came in rounds
+        return [f"- latency: batch 1, {profile['latency_warmup']} warm-up + "
+                f"{profile['latency_repeats']} timed runs, median and p95 ({method['timer']})",
+                f"- throughput: images/s at the largest of batches {batches} that fits, median "
+                f"of {profile['throughput_repeats']} runs"]
+    rounds = timing["rounds"]
+    return [f"- latency: batch 1, {profile['latency_warmup']} warm-up, {rounds} rounds of "
+            f"{profile['latency_repeats']} timed calls ({method['timer']})",
+            f"- throughput: images/s at the largest of batches {batches} that fits, {rounds} "
+            f"rounds of {profile['throughput_repeats']} calls; training: images/s over "
+            f"{rounds} rounds of {profile['throughput_repeats']} training steps at batch "
+            f"{profile['batch_size']}, eager",
+            f"- timing: {timing['text']}"]
+
+
 def method_lines(manifest: dict, rows: list[dict] = ()) -> list[str]:
     """The measurement context every table must carry; what varies by row is in its columns."""
     study, method = manifest["study"], manifest["method"]
@@ -284,22 +305,40 @@ def method_lines(manifest: dict, rows: list[dict] = ()) -> list[str]:
         *[_start_line(i, start) for i, start in enumerate(manifest["starts"], 1)],
         _dtype_line(list(rows)),
         f"- FLOPs: {FLOP_CONVENTION}, one forward at {profile['image_size']} px",
-        f"- latency: batch 1, {profile['latency_warmup']} warm-up + {profile['latency_repeats']} "
-        f"timed runs, median and p95 ({method['timer']})",
-        f"- throughput: images/s at the largest of batches {tuple(profile['throughput_batches'])} "
-        f"that fits, median of {profile['throughput_repeats']} runs",
+        *_speed_lines(profile, method),
         f"- memory: {method['memory']}; training step at batch {profile['batch_size']}",
         f"- accuracy: {method['accuracy']}",
         f"- boundary: {method['boundary']}",
     ]
 
 
+def mark_unstable_timing(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Rows whose timing was flagged get their speed cells marked; and the lines that say why,
+    to go under the table ([] when none is flagged)."""
+    marked, reasons = [], []
+    for row in rows:
+        if str(row.get("timing_unstable")).lower() != "true":
+            marked.append(row)
+            continue
+        marked.append({**row, **{key: f"{_cell(row.get(key))} {UNSTABLE_MARK}"
+                                 for key in ("latency_ms", "throughput_img_s", "train_img_s")}})
+        reasons.append(f"- {row['variant']} ({row['kernels']}, {row['mode']}, seed "
+                       f"{row['seed']}): {row.get('timing_reason', '')}")
+    if not reasons:
+        return marked, []
+    return marked, [f"{UNSTABLE_MARK} timing unstable (re-time with `segbench measure`):",
+                    *reasons, ""]
+
+
 def markdown_text(title: str, rows: list[dict], manifest: dict) -> str:
     varying = [(key, name) for key, name in VARYING_COLUMNS
                if len({str(row.get(key)) for row in rows}) > 1]
-    columns = MARKDOWN_COLUMNS[:3] + varying + MARKDOWN_COLUMNS[3:]
+    optional = [(key, name) for key, name in OPTIONAL_COLUMNS
+                if any(_finite(row.get(key)) for row in rows)]
+    columns = MARKDOWN_COLUMNS[:3] + varying + MARKDOWN_COLUMNS[3:] + optional
+    marked, flagged = mark_unstable_timing(rows)
     lines = [f"# segbench results: {title}", "", *method_lines(manifest, rows), "",
-             markdown_table(rows, columns), ""]
+             markdown_table(marked, columns), "", *flagged]
     baselines = sorted({round(float(r["majority_baseline_mdice"]), 3) for r in rows
                         if _finite(r.get("majority_baseline_mdice"))})
     if baselines:

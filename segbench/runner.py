@@ -17,20 +17,22 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Protocol
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from segbench import results
+from segbench import results, weights
 from segbench.config import RunConfig, UsageError
 from segbench.data import PreparedDataset, load_dataset
 from segbench.errors import TrainingDiverged
-from segbench.grid import Unit, base_record, build_grid, resolve_variants, row_count
+from segbench.grid import Unit, base_record, build_grid, resolve_variants, row_count, rows_for
 from segbench.layers import set_kernels
 from segbench.measure.accuracy import accuracy, majority_baseline
 from segbench.measure.boundary import boundary_metrics
+from segbench.measure.conditions import pinned_cores
 from segbench.measure.context import MeasureContext, MeasureInputs
 from segbench.measure.device import cpu_name, device_facts
 from segbench.measure.flops import count_flops, count_params
@@ -41,14 +43,19 @@ from segbench.measure.memory import (
     memory_method,
     training_memory,
 )
+from segbench.measure.modes import Deployed, deployed
+from segbench.measure.sweep import batch_sweep
 from segbench.measure.throughput import throughput
+from segbench.measure.timing import method_description, row_verdict
+from segbench.measure.training_speed import training_speed
 from segbench.models import create_model
 from segbench.preflight import check_dataset_memory, check_models
-from segbench.store import check_folder, finished_keys, open_run_folder
+from segbench.store import RunFolder, check_folder, finished_keys, open_run_folder
 from segbench.train import fit
 
 NSD_TOLERANCE_PX = 1.0
-COST_MEASUREMENTS = (latency, throughput, inference_memory, training_memory)
+COST_MEASUREMENTS = (latency, throughput, inference_memory, training_memory, training_speed,
+                     batch_sweep)
 
 
 @dataclass(frozen=True)
@@ -161,17 +168,19 @@ def measure_unit(unit: Unit, trained: Trained, ctx: UnitContext) -> list[results
     inputs = measure_inputs(data, cfg)
     torch_labels: dict[str, torch.Tensor] = {}  # per mode: the torch row's test labels
     for record, row in zip(records, unit.rows, strict=True):
-        mctx = MeasureContext.build(device, row.mode, cfg.profile, row.kernels, cfg.threads)
+        mctx = MeasureContext.build(device, row.mode, cfg.profile, row.kernels, cfg.threads,
+                                    cfg.batch_sweep)
         record.dtype = mctx.dtype_description
         try:
             set_kernels(model, row.kernels)
-            columns, labels = measure_row(model, inputs, mctx, data,
-                                          torch_labels.get(row.mode.label))
-        except Exception as e:  # noqa: BLE001
+            columns, tables, labels = measure_row(model, inputs, mctx, data,
+                                                  torch_labels.get(row.mode.label))
+        except Exception as e:  # noqa: BLE001  (a mode the model cannot take is a row too)
             _release_device_memory(device)
             record.failed(failure_status(e), _reason(e))
             continue
         record.update(columns)
+        record.tables.update(tables)
         if row.kernels == "torch":
             torch_labels[row.mode.label] = labels
     return records
@@ -217,23 +226,35 @@ def measure_inputs(data: PreparedDataset, cfg: RunConfig) -> MeasureInputs:
 
 def measure_row(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext,
                 data: PreparedDataset, torch_labels: torch.Tensor | None,
-                ) -> tuple[dict, torch.Tensor]:
-    """The row's columns, and its test labels (the reference for the triton row)."""
-    scores, labels = accuracy(model, inputs.test, inputs.num_classes, ctx)
-    columns = {
-        "miou": scores["miou"], "mdice": scores["mdice"],
-        "pixel_accuracy": scores["pixel_accuracy"],
-        "iou_per_class": " ".join(map(str, scores["iou_per_class"])),
-        "dice_per_class": " ".join(map(str, scores["dice_per_class"])),
-        **boundary_columns(labels, inputs.test.masks, data),
-    }
-    if torch_labels is not None and ctx.kernels != "torch":
-        columns["agrees_with_torch"] = float((labels == torch_labels).float().mean())
-    bar = tqdm(COST_MEASUREMENTS, desc=f"measure [{ctx.kernels}, {ctx.mode.label}]",
-               unit="phase", leave=False)
-    for measure in bar:
-        columns.update(measure(model, inputs, ctx))
-    return columns, labels
+                ) -> tuple[dict, dict[str, list[dict]], torch.Tensor]:
+    """The row's columns and tables (timing, sweep), and its test labels (the reference for
+    the triton row), with the model deployed in the row's mode. The cost measurements run
+    with this process's threads pinned to fixed cores."""
+    with deployed(model, ctx) as deployed_model:
+        scores, labels = accuracy(deployed_model, inputs.test, inputs.num_classes, ctx)
+        columns = {
+            "miou": scores["miou"], "mdice": scores["mdice"],
+            "pixel_accuracy": scores["pixel_accuracy"],
+            "iou_per_class": " ".join(map(str, scores["iou_per_class"])),
+            "dice_per_class": " ".join(map(str, scores["dice_per_class"])),
+            **boundary_columns(labels, inputs.test.masks, data),
+        }
+        if torch_labels is not None and ctx.kernels != "torch":
+            columns["agrees_with_torch"] = float((labels == torch_labels).float().mean())
+        tables: dict[str, list[dict]] = {}
+        bar = tqdm(COST_MEASUREMENTS, desc=f"measure [{ctx.kernels}, {ctx.mode.label}]",
+                   unit="phase", leave=False)
+        with pinned_cores(ctx.threads):
+            for measure in bar:
+                for name, value in measure(deployed_model, inputs, ctx).items():
+                    if isinstance(value, list):
+                        tables.setdefault(name, []).extend(value)
+                    else:
+                        columns[name] = value
+        if isinstance(deployed_model, Deployed):
+            columns["compile_s"] = deployed_model.compile_s
+    columns.update(row_verdict(tables.get("timing", []), columns))
+    return columns, tables, labels
 
 
 def boundary_columns(pred: torch.Tensor, target: torch.Tensor, data: PreparedDataset) -> dict:
@@ -259,6 +280,7 @@ def shared_manifest(cfg: RunConfig, data: PreparedDataset) -> dict:
                     "spacing_mm": data.spacing_mm, "description": data.description},
         "method": {
             "timer": "CUDA events" if device.type == "cuda" else "time.perf_counter",
+            "timing": method_description(),
             "memory": memory_method(device),
             "accuracy": "test split; IoU/Dice per class from one confusion matrix; mIoU and "
                         "mDice average the foreground classes; weights of the best val epoch",
@@ -319,8 +341,10 @@ class Executor(Protocol):
         run.json records about it. Raises UsageError when it cannot start."""
 
     def records(self, cfg: RunConfig, units: list[Unit], data: SplitData,
-                log: Callable[[str], None]) -> Iterator[results.Record]:
-        """Every row of every unit, as each is done, in any order."""
+                log: Callable[[str], None],
+                keep: Callable[[Unit, Trained], None]) -> Iterator[results.Record]:
+        """Every row of every unit, as each is done, in any order; `keep` is called in this
+        process with each finished training, before its rows (the weights to keep)."""
 
 
 class InProcess:
@@ -331,12 +355,15 @@ class InProcess:
         yield {"name": "in-process"}
 
     def records(self, cfg: RunConfig, units: list[Unit], data: SplitData,
-                log: Callable[[str], None]) -> Iterator[results.Record]:
+                log: Callable[[str], None],
+                keep: Callable[[Unit, Trained], None]) -> Iterator[results.Record]:
         progress = Progress(len(units))
         for unit in units:
             ctx = UnitContext(cfg, data.of(cfg, unit))
             log(progress.line(unit))
-            yield from measure_placed(unit, train_placed(unit, ctx), ctx)
+            trained = train_placed(unit, ctx)
+            keep(unit, trained)
+            yield from measure_placed(unit, trained, ctx)
             progress.done += 1
 
 
@@ -365,9 +392,21 @@ def run(cfg: RunConfig, log: Callable[[str], None] = _print_line,
             log(note)
         if not todo:
             return
-        folder.begin(shared_manifest(cfg, data.of(cfg, todo[0])), start_manifest(cfg, described))
-        with closing(executor.records(cfg, todo, data, log)) as records:
+        first = data.of(cfg, todo[0])
+        folder.begin(shared_manifest(cfg, first), start_manifest(cfg, described))
+        kept: dict[str, str] = {}  # weights file name -> its path in the folder
+
+        def keep(unit: Unit, trained: Trained) -> None:
+            path = keep_weights(folder, cfg, unit, trained, first.num_classes,
+                                first.in_channels)
+            if path:
+                kept[Path(path).name] = path
+
+        with closing(executor.records(cfg, todo, data, log, keep)) as records:
             for record in records:
+                path = kept.get(weights.file_name(weights.identity(record)))
+                if path:
+                    record.update({"weights_file": path})
                 folder.append(record)
                 yield record
 
@@ -386,3 +425,53 @@ def _first_line(cfg: RunConfig, units: list[Unit], todo: list[Unit], held: list[
     return (f"segbench: {total} row(s) from {len(units)} training(s), profile "
             f"{cfg.profile.name}, device {cfg.device}, kernels {cfg.kernels}; writing "
             f"{cfg.out_dir}{notes_text}")
+
+
+def keep_weights(folder: RunFolder, cfg: RunConfig, unit: Unit, trained: Trained,
+                 num_classes: int, in_channels: int) -> str | None:
+    """Write a unit's trained weights into the run folder (segbench.weights) when cfg says
+    so; the path written, relative to the folder, or None."""
+    if trained.state is None or not weights.should_save(cfg, trained.state):
+        return None
+    identity = weights.identity(base_record(cfg, unit, unit.rows[0]))
+    model = weights.model_config(unit.variant, num_classes, in_channels)
+    return folder.write_weights(weights.file_name(identity), weights.encode(
+        study_of(cfg), identity, model, trained.facts, trained.history, trained.state))
+
+
+def _saved_unit_config(cfg: RunConfig, saved: weights.SavedUnit) -> RunConfig:
+    return replace(cfg, recipe=saved.identity["recipe"],
+                   pretrained=saved.identity["pretrained"] or None)
+
+
+def measure_saved(cfg: RunConfig, source: Path, saved: list[weights.SavedUnit],
+                  log: Callable[[str], None] = _print_line) -> Iterator[results.Record]:
+    """Measure saved trainings again, without training, as cfg's rows (device, kernels
+    backends, modes, threads, batch sweep) into cfg.out_dir: the source folder, or another one
+    for another device. A row whose key is already there is replaced by the new measurement
+    (the journal keeps both); every row names the weights file it was measured from."""
+    study = study_of(cfg)
+    check_folder(cfg.out_dir, study)
+    rows = rows_for(cfg)
+    todo = [(entry, entry.unit(rows)) for entry in saved]
+    data = SplitData()
+    first = data.of(cfg, todo[0][1])
+    weights.check_data(saved, first.num_classes, first.in_channels, cfg.dataset)
+    with open_run_folder(cfg.out_dir, study) as folder:
+        log(f"segbench: measuring {len(todo)} saved training(s) of {source} again, no "
+            f"training: {len(todo) * len(rows)} row(s), device {cfg.device}, kernels "
+            f"{cfg.kernels}, modes {' '.join(dict.fromkeys(r.mode.label for r in rows))}; "
+            f"writing {cfg.out_dir}")
+        for note in folder.notes:
+            log(note)
+        for entry, unit in todo:
+            ctx = UnitContext(_saved_unit_config(cfg, entry), data.of(cfg, unit))
+            folder.begin(shared_manifest(cfg, ctx.data),
+                         {**start_manifest(cfg, {"name": "in-process"}),
+                          "measured_from": str(source)})
+            log(f"segbench: {unit.label} from {entry.name}")
+            trained = Trained({**entry.payload["facts"], "weights_file": entry.name},
+                              entry.payload["state_dict"], entry.payload["history"])
+            for record in measure_placed(unit, trained, ctx):
+                folder.append(record)
+                yield record

@@ -4,7 +4,9 @@
 fsynced; a later entry with the same key replaces an earlier one. `run.json` holds what the
 whole folder shares (dataset, device, profile) and one manifest per run start. Everything
 else is derived from those two and regenerated on every start and after every row:
-results.csv, results.md, results.json and one CSV per row table (history.csv).
+results.csv, results.md, results.json and one CSV per row table (history.csv, timing.csv,
+sweep.csv). `weights/` holds the trained weights of the folder's trainings (segbench.weights),
+the input of `segbench measure`, written once per training before its rows.
 
 Crash consistency: derived files and run.json go to a temporary file that is fsynced and
 renamed over the old one (stale temporary files are swept on start); a kill during an append
@@ -30,7 +32,7 @@ from pathlib import Path
 from segbench import results
 from segbench.config import UsageError
 
-JOURNAL, MANIFEST, LOCK = "rows.jsonl", "run.json", ".segbench.lock"
+JOURNAL, MANIFEST, LOCK, WEIGHTS = "rows.jsonl", "run.json", ".segbench.lock", "weights"
 TEMPORARY = re.compile(r"^\..+\.tmp\d+$")
 PROBE_BYTES = 4096  # the writability probe writes real bytes: an empty file fits a full disk
 
@@ -45,13 +47,14 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Replace `path` by `text` all at once: temporary file, fsync, rename."""
+def atomic_write(path: Path, content: str | bytes) -> None:
+    """Replace `path` by `content` all at once: temporary file, fsync, rename."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    data = content.encode() if isinstance(content, str) else content
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            _write_all(fd, text.encode())
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -143,16 +146,17 @@ def _plain_json(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def _differences(old: dict, new: dict) -> list[str]:
+def differences(old: dict, new: dict, there: str = "there", here: str = "here") -> list[str]:
+    """What `new` says otherwise than `old`, key by key (one level into dicts), in words."""
     differs = []
     for key, value in new.items():
         if isinstance(value, dict) and isinstance(old.get(key), dict):
-            inner = [f"{k} {old[key].get(k)} there, {v} here" for k, v in value.items()
+            inner = [f"{k} {old[key].get(k)} {there}, {v} {here}" for k, v in value.items()
                      if old[key].get(k) != v]
             if inner:
                 differs.append(f"{key} ({'; '.join(inner)})")
         elif old.get(key) != value:
-            differs.append(f"{key} ({old.get(key)} there, {value} here)")
+            differs.append(f"{key} ({old.get(key)} {there}, {value} {here})")
     return differs
 
 
@@ -192,7 +196,7 @@ def check_folder(folder: Path, study: dict) -> None:
             raise RunFolderError(f"output folder {folder} was written by an older segbench "
                                  "(results.csv without rows.jsonl); choose another --out")
         return
-    differs = _differences(manifest["study"], _plain_json(study))
+    differs = differences(manifest["study"], _plain_json(study))
     if differs:
         raise RunFolderError(f"output folder {folder} holds a run with a different "
                              f"{', '.join(differs)}; choose another --out to keep both")
@@ -258,9 +262,10 @@ class RunFolder:
                               "stopped while writing it); that row runs again")
 
     def _sweep_temporary_files(self) -> None:
-        for path in self.path.iterdir():
-            if TEMPORARY.match(path.name) and path.is_file():
-                path.unlink()
+        for folder in (self.path, self.path / WEIGHTS):
+            for path in folder.iterdir() if folder.is_dir() else ():
+                if TEMPORARY.match(path.name) and path.is_file():
+                    path.unlink()
 
     @contextmanager
     def _writing(self, name: str) -> Iterator[None]:
@@ -287,6 +292,15 @@ class RunFolder:
         with self._writing(MANIFEST):
             atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         self.manifest, self.start_number = manifest, len(manifest["starts"])
+
+    def write_weights(self, name: str, data: bytes) -> str:
+        """Keep one training's weights as weights/<name>, atomically; returns that path,
+        relative to the folder."""
+        relative = f"{WEIGHTS}/{name}"
+        with self._writing(relative):
+            (self.path / WEIGHTS).mkdir(exist_ok=True)
+            atomic_write(self.path / relative, data)
+        return relative
 
     def append(self, record: results.Record) -> None:
         """Journal one row (fsynced), then regenerate the derived files."""
@@ -328,6 +342,13 @@ class RunFolder:
         for name, text in files.items():
             with self._writing(name):
                 atomic_write(self.path / name, text)
+        for name in {name for _, tables in self.entries for name in tables}:
+            if f"{name}.csv" not in files:  # e.g. the sweep of a row since re-measured without
+                (self.path / f"{name}.csv").unlink(missing_ok=True)
+
+
+def weights_paths(folder: Path) -> list[Path]:
+    return sorted((folder / WEIGHTS).glob("*.pt"))
 
 
 @contextmanager

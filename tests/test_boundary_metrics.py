@@ -86,3 +86,31 @@ def test_mean_over_images_then_over_classes():
 def test_shape_mismatch_is_rejected():
     with pytest.raises(ValueError, match="must both be"):
         boundary_metrics(torch.zeros(1, 4, 4), torch.zeros(1, 4, 5), 2, None)
+
+
+def test_anisotropic_spacing_measures_each_axis_in_its_own_mm():
+    # (1,1) to (4,5): 3 rows of 2 mm and 4 columns of 0.5 mm -> sqrt(6^2 + 2^2) mm
+    pred, target = _maps((6, 8), [(1, 1)], [(4, 5)])
+    result = boundary_metrics(pred, target, 2, spacing_mm=(2.0, 0.5))
+    assert result["hd95_px"] == pytest.approx(5.0)
+    assert result["hd95_mm"] == pytest.approx(math.sqrt(40.0))
+    assert result["asd_mm"] == pytest.approx(math.sqrt(40.0))
+    assert result["spacing_mm_range"] == [0.5, 2.0]
+
+
+def test_one_spacing_per_image_and_the_diagonal_in_mm():
+    pred, target = _maps((6, 8), [(2, 2)], [(2, 5)])  # 3 columns apart
+    empty_pred = torch.zeros_like(pred)
+    both_pred, both_target = torch.cat([pred, empty_pred]), torch.cat([target, target])
+    spacing = torch.tensor([[1.0, 0.25], [3.0, 0.5]], dtype=torch.float64)
+    result = boundary_metrics(both_pred, both_target, 2, spacing_mm=spacing)
+    # image 0: 3 * 0.25 mm; image 1: prediction empty, the diagonal hypot(6 * 3, 8 * 0.5)
+    assert result["hd95_mm_per_class"] == [pytest.approx((0.75 + math.hypot(18, 4)) / 2)]
+    assert result["hd95_px"] == pytest.approx((3.0 + 10.0) / 2)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 2.0, 3.0), torch.ones(3, 2), (0.0, 1.0), -1.0])
+def test_bad_spacing_is_one_clear_error(spacing):
+    pred, target = _maps((4, 4), [(1, 1)], [(2, 2)])
+    with pytest.raises(ValueError, match="spacing_mm must be"):
+        boundary_metrics(pred, target, 2, spacing_mm=spacing)

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 
@@ -46,5 +45,11 @@ def test_build_gives_sensible_classes_and_slab_split():
     assert frequency[1] == frequency[1:].max()  # frontal is the largest lobe
     for counts in dataset.facts["slices_per_orientation"].values():
         assert counts["train"] > 5 * counts["val"] and counts["test"] > counts["val"]
-    side = max(dataset.facts["volume_shape_cropped"])
-    assert np.isclose(dataset.spacing_mm, side / 32, atol=1e-3)
+    # 1 mm voxels: each slice's pixel is its own orientation's longer in-plane side / 32
+    shape = dataset.facts["volume_shape_cropped"]
+    expected = {o: max(s for a, s in enumerate(shape) if a != axis) / 32
+                for axis, o in enumerate(("sagittal", "coronal", "axial"))}
+    for split in dataset.splits.values():
+        for group, (dy, dx) in zip(split.groups, split.spacing_mm.tolist(), strict=True):
+            assert dy == dx == pytest.approx(expected[group.split("/")[0]])
+    assert dataset.spacing_mm is None  # the orientations differ

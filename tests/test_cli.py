@@ -56,8 +56,8 @@ def test_rerun_resumes_without_retraining(finished_run, monkeypatch, capsys):
 def test_report_merges_and_plots(finished_run, tmp_path):
     assert cli.main(["report", str(finished_run), "--out", str(tmp_path)]) == 0
     assert "fcn-small" in (tmp_path / "report.md").read_text()
-    assert (tmp_path / "accuracy_vs_latency.png").stat().st_size > 1000
-    assert (tmp_path / "accuracy_vs_latency.svg").is_file()
+    assert (tmp_path / "accuracy_vs_cost.png").stat().st_size > 1000
+    assert (tmp_path / "accuracy_vs_cost.svg").is_file()
 
 
 def error_line(capsys, after_progress_bars=False):
@@ -190,15 +190,21 @@ def test_full_disk_fails_the_writability_probe(capsys, tmp_path, monkeypatch):
 
 
 def test_full_disk_while_writing_keeps_earlier_rows(finished_run, capsys, tmp_path, monkeypatch):
-    def files():
-        return {p.name: p.read_bytes() for p in finished_run.iterdir() if p.name != "run.json"}
+    def files():  # weights/ included
+        return {str(p.relative_to(finished_run)): p.read_bytes()
+                for p in finished_run.rglob("*") if p.is_file() and p.name != "run.json"}
 
     before, starts = files(), json.loads((finished_run / "run.json").read_text())["starts"]
     fail_writes_under(monkeypatch, finished_run, "rows.jsonl")
     assert cli.main([*SMOKE, "--arch", "fcn", "--seeds", "1", "--out", str(finished_run)]) == 2
     line = error_line(capsys, after_progress_bars=True)
     assert "rows.jsonl (No space left on device); the rows finished so far are kept" in line
-    assert files() == before  # no partial line, no temporary file
+    after = files()
+    assert {name: after.get(name) for name in before} == before  # no partial line
+    # nothing else but the new training's complete weights, written before its rows; no
+    # temporary file
+    (new,) = set(after) - set(before)
+    assert new.startswith("weights/fcn-small_seed1_") and new.endswith(".pt")
     assert json.loads((finished_run / "run.json").read_text())["starts"][:1] == starts
 
 

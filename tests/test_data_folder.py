@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -174,3 +175,26 @@ def test_check_summarizes_splits_classes_and_frequencies(tmp_path, monkeypatch):
     text = summarize(f"folder:{root}", 32, 0)
     assert "checks passed" in text and "train 7, val 1, test 2" in text
     assert "lesion" in text and "%" in text and "pixel spacing unknown" in text
+
+
+@pytest.mark.parametrize("make_link, problem", [
+    (lambda link: os.symlink(link.name, link), "symbolic link loop"),
+    (lambda link: os.symlink("missing.png", link), "dangling symbolic link"),
+])
+def test_bad_symlink_in_images_is_one_line(tmp_path, make_link, problem):
+    root = make_folder(tmp_path)
+    make_link(root / "images" / "link.png")
+    for call in (lambda: folder.build(str(root), 32, seed=0),
+                 lambda: load_dataset(f"folder:{root}", 32, cache_dir=tmp_path / "cache")):
+        with pytest.raises(DataError, match=problem) as error:
+            call()
+        assert "link.png" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_estimate_bytes_scales_with_the_image_size(tmp_path):
+    from segbench.data import estimate_prepared_bytes
+
+    root = make_folder(tmp_path, n=6)
+    small, large = (estimate_prepared_bytes(f"folder:{root}", size) for size in (32, 4096))
+    assert large == pytest.approx(small * (4096 / 32) ** 2, rel=0.01)
+    assert large > 6 * 4096 * 4096 * 4  # at least the float32 images

@@ -241,3 +241,23 @@ def test_a_split_without_foreground_slices_is_an_error_unless_keep_all(tmp_path)
     with pytest.raises(DataError, match="the val split has no slices"):
         nnunet.build(f"{root}@keep=foreground", 32, seed=0)
     assert len(nnunet.build(f"{root}@keep=all", 32, seed=0).splits["val"]) == SHAPE[2]
+
+
+def test_a_2d_nifti_is_one_line(tmp_path):
+    root = make_v2(tmp_path)
+    for channel in ("0000", "0001"):
+        _save(np.zeros((12, 10), np.float32), root / "imagesTr" / f"case002_{channel}.nii.gz")
+    with pytest.raises(DataError, match="is a 2D image; nnunet: takes 3D volumes") as error:
+        nnunet.build(str(root), 32, seed=0)
+    assert "case002_0000.nii.gz" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_estimate_bytes_bounds_the_prepared_tensors(tmp_path):
+    from segbench.data import estimate_prepared_bytes
+
+    root = make_v2(tmp_path, cases=6)
+    dataset = nnunet.build(str(root), 64, seed=0)
+    prepared = sum(s.images.nbytes + s.masks.nbytes for s in dataset.splits.values())
+    estimate = estimate_prepared_bytes(f"nnunet:{root}", 64)
+    assert prepared < estimate < 10 * prepared
+    assert estimate_prepared_bytes(f"nnunet:{root}", 4096) > 2**30

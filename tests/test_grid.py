@@ -64,8 +64,10 @@ def test_mode_labels_and_the_one_dtype_default():
     assert Mode().resolved("cpu").label == "eager-fp32"
     assert Mode().resolved("cuda").label == "eager-bf16"
     assert Mode(dtype="fp16").resolved("cpu").label == "eager-fp16"
-    with pytest.raises(UsageError, match="not measured by this version"):
-        Mode(compile="default")
+    assert Mode(compile="default", channels_last=True).resolved("cpu").label == \
+        "default-fp32-cl"
+    with pytest.raises(UsageError, match="compile mode must be one of none, default, "):
+        Mode(compile="fast")
 
 
 def test_inference_fn_runs_under_the_rows_autocast():

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install.sh"
 STUB = """#!/usr/bin/env bash
 # a python without torch whose pip resolves to the wheel in $STUB_WHEEL and installs nothing

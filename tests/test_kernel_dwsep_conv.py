@@ -142,6 +142,34 @@ def test_gradients_match_reference(shape, activation):
     check_gradients(make_inputs(n, c, h, w, cout, k), dilation, activation)
 
 
+# Tiny shapes whose sizes and strides are divisible as those of the canonical benchmark
+# shapes (benchmarks/bench_dwsep_conv.py) are: Triton specialises a kernel on which integer
+# arguments are multiples of 16 or equal to 1, so these make the sm_90 compile check
+# (tools/triton_aot_check.py over this file) compile what the benchmark launches.
+BENCHMARK_LIKE_SHAPES = {
+    "aspp-d12": (1, 32, 16, 16, 32, 3, 12),  # C, C_out, H, W multiples of 16
+    "decoder-d1": (1, 32, 16, 16, 16, 3, 1),  # dilation 1
+    "xception-d2": (1, 24, 16, 16, 24, 3, 2),  # 728 channels: a multiple of 8, not of 16
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("shape", BENCHMARK_LIKE_SHAPES.values(),
+                         ids=BENCHMARK_LIKE_SHAPES.keys())
+def test_benchmark_like_shapes(shape, dtype):
+    n, c, h, w, cout, k, dilation = shape
+    check_gradients(make_inputs(n, c, h, w, cout, k, dtype), dilation, "relu")
+
+
+def test_fp32_with_tf32_allowed(monkeypatch):
+    """The fp32 default of a model run (cudnn.allow_tf32 is on unless turned off)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setitem(TOLERANCES, torch.float32, (5e-3, 5e-3))  # 10-bit TF32 mantissa
+    n, c, h, w, cout, k, dilation = BENCHMARK_LIKE_SHAPES["aspp-d12"]
+    check_gradients(make_inputs(n, c, h, w, cout, k), dilation, "relu")
+
+
 @pytest.mark.parametrize("dw_bias, pw_bias", [(False, True), (True, False), (False, False)])
 def test_missing_biases(dw_bias, pw_bias):
     inputs = make_inputs(1, 5, 4, 6, 7, 3)
@@ -275,6 +303,48 @@ def test_torch_compile_traces_the_op_without_graph_breaks():
     expected = depthwise_separable_conv2d_reference(**as_float64(inputs), dilation=2,
                                                     mid_activation="relu")
     assert_matches(out, expected.detach(), torch.float32)
+
+
+# ----------------------------------------------------------------------------- autotuning
+
+H100_SHARED_MEMORY = 232448  # bytes a block may use on sm_90
+
+
+def test_every_gpu_config_fits_hopper_shared_memory():
+    for tiles in (dwsep_conv.FORWARD_TILES, dwsep_conv.BACKWARD_MID_TILES):
+        configs = dwsep_conv._configs(tiles)
+        for element_bytes in (2, 4):
+            kept = dwsep_conv._prune(configs, {"BLOCK_P": 4096, "BLOCK_CI": 2048,
+                                               "BLOCK_CO": 256}, element_bytes,
+                                     H100_SHARED_MEMORY)
+            assert kept == configs
+
+
+def test_pruning_keeps_blocks_the_problem_needs():
+    configs = dwsep_conv._configs(dwsep_conv.FORWARD_TILES)
+    kept = dwsep_conv._prune(configs, {"BLOCK_P": 4096, "BLOCK_CI": 2048, "BLOCK_CO": 70},
+                             2, H100_SHARED_MEMORY)
+    assert kept and all(c.kwargs["BLOCK_CO"] <= 128 for c in kept)
+    assert len(kept) < len(configs)
+    # Nothing fits five output channels: the smallest tile is the one left to run.
+    tiny = dwsep_conv._prune(configs, {"BLOCK_P": 35, "BLOCK_CI": 20, "BLOCK_CO": 5},
+                             2, H100_SHARED_MEMORY)
+    elements = [c.kwargs["BLOCK_P"] * c.kwargs["BLOCK_CI"] * c.kwargs["BLOCK_CO"]
+                for c in configs]
+    assert len(tiny) == 1
+    assert tiny[0].kwargs["BLOCK_P"] * tiny[0].kwargs["BLOCK_CI"] * tiny[0].kwargs[
+        "BLOCK_CO"] == min(elements)
+
+
+def test_pruning_drops_configs_over_the_device_shared_memory():
+    configs = dwsep_conv._configs(dwsep_conv.FORWARD_TILES)
+    extents = {"BLOCK_P": 4096, "BLOCK_CI": 2048, "BLOCK_CO": 256}
+    limit = 180 * 1024
+    kept = dwsep_conv._prune(configs, extents, 4, limit)
+    assert kept and len(kept) < len(configs)
+    assert all(dwsep_conv._smem_bound(c, 4) <= limit for c in kept)
+    with pytest.raises(ValueError, match="shared memory"):
+        dwsep_conv._prune(configs, extents, 4, 64 * 1024)
 
 
 # ----------------------------------------------------------------------------- the layer

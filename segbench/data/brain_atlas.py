@@ -17,7 +17,9 @@ borders no intensity edge marks, so the task needs spatial context:
 
 The volume is cropped to the atlas's bounding box plus a margin, z-scored over the head
 (non-zero voxels), and sliced like brain-tissue: three orientations, slab split 7/1/2 of 10
-slabs per orientation, boundary slices dropped. Caveat: one brain, as for brain-tissue.
+slabs per orientation (or K folds over the slabs), boundary slices dropped, each slice with its
+slab and its pixel size in mm (voxel size from the T1 header, the slice's own in-plane sides).
+Caveat: one brain, as for brain-tissue.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import DataError, PreparedDataset
-from segbench.data.slicing import slab_split_slices
+from segbench.data.base import DataError, PreparedDataset, prepared_bytes
+from segbench.data.slicing import slab_split_slices, split_rule
 from segbench.data.validate import read_or_fail
 
 TEMPLATES = Path("/usr/share/mricron/templates")
@@ -90,6 +92,27 @@ def _read(path: Path) -> np.ndarray:
     return read_or_fail(lambda p: np.asarray(nib.load(str(p)).dataobj), path, "NIfTI volume")
 
 
+def voxel_mm() -> tuple[float, float, float]:
+    """The T1's voxel sides in mm, from its header."""
+    import nibabel as nib
+
+    path = source_files()[0]
+    header = read_or_fail(lambda p: nib.load(str(p)).header, path, "NIfTI volume")
+    return tuple(float(z) for z in header.get_zooms()[:3])
+
+
+def estimate_bytes(arg: str | None, image_size: int) -> int:
+    """Peak bytes of `build`, from the T1 header alone: the volumes read (T1 float32, atlas and
+    labels int64, one-hot bool per class) and twice the prepared slices (gathered, then
+    stacked) when every slice of every orientation is kept (an upper bound)."""
+    import nibabel as nib
+
+    path = source_files()[0]
+    shape = read_or_fail(lambda p: nib.load(str(p)).shape[:3], path, "NIfTI volume")
+    voxels = int(np.prod(shape))
+    return (4 + 8 + 8 + len(CLASS_NAMES)) * voxels + 2 * prepared_bytes(sum(shape), 1, image_size)
+
+
 def load_volumes() -> tuple[np.ndarray, np.ndarray]:
     """The z-scored T1 and the lobe labels, cropped around the atlas."""
     t1_path, atlas_path, names_path = source_files()
@@ -106,13 +129,15 @@ def load_volumes() -> tuple[np.ndarray, np.ndarray]:
     return ((t1 - t1[head].mean()) / t1[head].std()).astype(np.float32), labels
 
 
-def build(arg: str | None, image_size: int, seed: int) -> PreparedDataset:
+def build(arg: str | None, image_size: int, seed: int, folds: int = 1,
+          fold: int = 0) -> PreparedDataset:
     if arg:
         raise DataError(f"dataset 'brain-atlas' takes no argument, got {arg!r}")
     t1, labels = load_volumes()
     one_hot = np.stack([labels == k for k in range(len(CLASS_NAMES))])
     splits, facts = slab_split_slices(t1[None], one_hot, image_size,
-                                      np.random.default_rng(seed), MIN_ATLAS_FRACTION)
+                                      np.random.default_rng(seed), MIN_ATLAS_FRACTION,
+                                      voxel_mm(), folds, fold, "brain-atlas")
     return PreparedDataset(
         name="brain-atlas",
         class_names=list(CLASS_NAMES),
@@ -121,9 +146,9 @@ def build(arg: str | None, image_size: int, seed: int) -> PreparedDataset:
             "Colin27 single-subject T1 (with scalp) and the AAL atlas from Debian's "
             "mricron-data; 116 AAL regions merged into 7 classes (frontal, parietal, temporal, "
             "occipital, limbic, deep grey, cerebellum; white matter and the rest background); "
-            "2D slices in 3 orientations; slab split 7/1/2 of 10 slabs per orientation, "
+            f"2D slices in 3 orientations; {split_rule(folds, fold)}, "
             "boundary slices dropped; one brain: measures fitting capacity on one anatomy"
         ),
-        spacing_mm=round(max(t1.shape) / image_size, 3),  # 1 mm voxels, squared, resized
-        facts={"slices_per_orientation": facts, "volume_shape_cropped": list(t1.shape)},
+        facts={"slices_per_orientation": facts, "volume_shape_cropped": list(t1.shape),
+               "voxel_mm": list(voxel_mm()), "split_rule": split_rule(folds, fold)},
     )

@@ -7,8 +7,10 @@ white matter; each voxel takes its most probable class after resizing.
 
 Slices come in all three orientations. Within each orientation the brain's slice range is cut
 into ten contiguous slabs, and whole slabs go to train (7), val (1) and test (2), chosen by the
-seed; one slice at each boundary between slabs of different splits is dropped, so neighbouring
-slices never straddle a split. Caveat, stated in every run: this is one (average) brain, so
+seed (or, with K folds, fold k's slabs are the test split); one slice at each boundary between
+slabs of different splits is dropped, so neighbouring slices never straddle a split. Each slice
+carries its slab ("coronal/4") and its pixel size in mm from the template's voxel size and the
+slice's own in-plane sides. Caveat, stated in every run: this is one (average) brain, so
 the task measures fitting capacity on one anatomy; and a test slice of one orientation crosses
 training slices of the other two along a line of voxels.
 """
@@ -19,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import DataError, PreparedDataset
-from segbench.data.slicing import ORIENTATIONS, slab_assignment, slab_split_slices
+from segbench.data.base import DataError, PreparedDataset, prepared_bytes
+from segbench.data.slicing import ORIENTATIONS, slab_assignment, slab_split_slices, split_rule
 
-__all__ = ["ORIENTATIONS", "build", "load_volumes", "slab_assignment", "source_files"]
+__all__ = ["ORIENTATIONS", "build", "estimate_bytes", "load_volumes", "slab_assignment",
+           "source_files"]
 
 CLASS_NAMES = ["background", "csf_other", "grey_matter", "white_matter"]
 FILES = {
@@ -53,6 +56,24 @@ def _read(path: Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
 
 
+def voxel_mm() -> tuple[float, float, float]:
+    """The template's voxel sides in mm, from the T1 file's header."""
+    import nibabel as nib
+
+    return tuple(float(z) for z in nib.load(str(source_files()[0])).header.get_zooms()[:3])
+
+
+def estimate_bytes(arg: str | None, image_size: int) -> int:
+    """Peak bytes of `build`, from the T1 header alone: the volumes read (T1, GM, WM and the
+    class probabilities, float32) and twice the prepared slices (gathered, then stacked) when
+    every slice of every orientation is kept (an upper bound)."""
+    import nibabel as nib
+
+    shape = nib.load(str(source_files()[0])).shape[:3]
+    voxels = int(np.prod(shape))
+    return 8 * 4 * voxels + 2 * prepared_bytes(sum(shape), 1, image_size)
+
+
 def load_volumes() -> tuple[np.ndarray, np.ndarray]:
     """The normalised T1 (z-score over brain voxels) and class probabilities (4, X, Y, Z),
     cropped to the brain's bounding box with a 2-voxel margin."""
@@ -66,13 +87,14 @@ def load_volumes() -> tuple[np.ndarray, np.ndarray]:
     return t1[box], probabilities[(slice(None), *box)]
 
 
-def build(arg: str | None, image_size: int, seed: int) -> PreparedDataset:
+def build(arg: str | None, image_size: int, seed: int, folds: int = 1,
+          fold: int = 0) -> PreparedDataset:
     if arg:
         raise DataError(f"dataset 'brain-tissue' takes no argument, got {arg!r}")
     t1, probabilities = load_volumes()
     splits, facts = slab_split_slices(t1[None], probabilities, image_size,
-                                      np.random.default_rng(seed), MIN_BRAIN_FRACTION)
-    spacing = max(t1.shape) / image_size  # 1 mm voxels, square-padded, then resized
+                                      np.random.default_rng(seed), MIN_BRAIN_FRACTION,
+                                      voxel_mm(), folds, fold, "brain-tissue")
     return PreparedDataset(
         name="brain-tissue",
         class_names=list(CLASS_NAMES),
@@ -80,10 +102,10 @@ def build(arg: str | None, image_size: int, seed: int) -> PreparedDataset:
         description=(
             "ICBM152 2009a nonlinear symmetric T1 template with GM/WM probability maps "
             "(files shipped in the nilearn wheel); classes background/CSF-other/GM/WM by "
-            "maximum probability; 2D slices in 3 orientations; slab split 7/1/2 of 10 slabs "
-            "per orientation, boundary slices dropped; one brain: measures fitting capacity "
+            f"maximum probability; 2D slices in 3 orientations; {split_rule(folds, fold)}, "
+            "boundary slices dropped; one brain: measures fitting capacity "
             "on one anatomy, and test slices cross training slices of the other orientations"
         ),
-        spacing_mm=round(spacing, 3),
-        facts={"slices_per_orientation": facts, "volume_shape_cropped": list(t1.shape)},
+        facts={"slices_per_orientation": facts, "volume_shape_cropped": list(t1.shape),
+               "voxel_mm": list(voxel_mm()), "split_rule": split_rule(folds, fold)},
     )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
-from segbench.data import load_dataset
+from segbench.data import prepare_dataset
 from segbench.data.base import PreparedDataset
 from segbench.data.slicing import SPLIT_NAMES
 
@@ -32,17 +33,36 @@ def _frequency_table(dataset: PreparedDataset) -> list[str]:
     return lines
 
 
-def summarize(spec: str, image_size: int, seed: int) -> str:
-    dataset = load_dataset(spec, image_size=image_size, seed=seed)
+def _spacing_text(dataset: PreparedDataset) -> str:
+    spacings = [s.spacing_mm for s in dataset.splits.values()]
+    if any(s is None for s in spacings):
+        return "unknown (mm metrics unavailable)"
+    every = torch.cat(spacings)
+    if dataset.spacing_mm is not None:
+        return f"{dataset.spacing_mm:.4g} mm per pixel"
+    return (f"{float(every.min()):.4g}-{float(every.max()):.4g} mm per pixel (per slice, "
+            "dy and dx)")
+
+
+def summarize(spec: str, image_size: int, seed: int, cache_dir: Path | None = None, *,
+              folds: int = 1, fold: int = 0) -> str:
+    dataset, cache_state = prepare_dataset(spec, image_size, seed, cache_dir, folds=folds,
+                                           fold=fold)
     first = dataset.splits["train"].images
-    spacing = (f"{dataset.spacing_mm} mm per pixel" if dataset.spacing_mm is not None
-               else "unknown (mm metrics unavailable)")
+    split = f"seed {seed}" + (f", fold {fold} of {folds}" if folds > 1 else "")
+    if cache_state.startswith("rebuilt"):  # never "checks passed" next to a broken cache
+        verdict = (f"{cache_state.replace('rebuilt: ', 'rebuilt from its sources, because ')}"
+                   "; the rebuilt data passes every check")
+    else:
+        verdict = f"checks passed (data {cache_state})"
     lines = [
-        f"dataset {dataset.name}: checks passed",
+        f"dataset {dataset.name}: {verdict}",
         f"  {dataset.description}",
         f"image size {image_size} px, {dataset.in_channels} channel(s), {first.dtype}; "
-        f"seed {seed}; pixel spacing {spacing}",
+        f"split {split}; pixel spacing {_spacing_text(dataset)}",
         "slices per split: " + ", ".join(f"{s} {len(dataset.splits[s])}" for s in SPLIT_NAMES),
+        "cases per split: " + ", ".join(f"{s} {len(set(dataset.splits[s].groups))}"
+                                        for s in SPLIT_NAMES),
         f"classes ({dataset.num_classes}) and their share of pixels per split:",
         *_frequency_table(dataset),
         "facts:",

@@ -4,7 +4,12 @@ Layout: `PATH/images/` and `PATH/masks/`, files paired by stem (`images/a12.jpg`
 `masks/a12.png`); PNG, JPG, TIFF and BMP; other files are ignored. With sub-folders
 `PATH/train/`, `PATH/val/`, `PATH/test/` (each holding images/ and masks/) those splits are
 used as given; a missing val or test split is then drawn from train (10% / 20%, seeded).
-Without them the pairs are split 70/10/20 by the seed.
+Without them the pairs are split 70/10/20 by the seed. With K folds (`--folds`), fold k of a
+seeded K-fold partition of the pairs is the test split and 10% of the pairs, from the other
+folds, validate; with sub-folders the folds are over the train/ and val/ pairs, and test/ is
+left out. Each image is a case, named by its stem (`train/a12` with sub-folders); its pixel
+size in mm is unknown (image files carry no trustworthy physical spacing), so mm metrics are
+not reported.
 
 Masks are either label-index images (grey or palette PNG: pixel value = class index) or
 binary 0/255 images, detected from the values over all masks (every mask holding only 0 and
@@ -23,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import DataError, PreparedDataset, resize_slice
-from segbench.data.slicing import SPLIT_NAMES, stack_splits
+from segbench.data.base import DataError, PreparedDataset, prepared_bytes, resize_slice
+from segbench.data.folds import fold_assignment
+from segbench.data.slicing import SPLIT_NAMES, SliceList, stack_splits
 from segbench.data.validate import (
     check_finite,
     check_label_range,
@@ -34,13 +40,14 @@ from segbench.data.validate import (
     integer_labels,
     pair_by_key,
     read_or_fail,
+    stat_or_fail,
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 CLASSES_FILE = "classes.json"
 FRACTIONS = {"val": 0.1, "test": 0.2}  # of all pairs, or of train when drawn from it
 
-Pair = tuple[str, Path, Path]  # stem, image, mask
+Pair = tuple[str, Path, Path]  # case (stem, or sub-folder/stem), image, mask
 
 
 def _root(arg: str | None) -> Path:
@@ -59,15 +66,17 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
+        stat_or_fail(path)
         if path.stem in files:
             raise fail(path, f"two files with stem {path.stem!r} ({files[path.stem].name})")
         files[path.stem] = path
     return files
 
 
-def _pairs_in(folder: Path) -> list[Pair]:
+def _pairs_in(folder: Path, prefix: str = "") -> list[Pair]:
     images, masks = folder / "images", folder / "masks"
-    return pair_by_key(_files_by_stem(images), _files_by_stem(masks), images, masks)
+    pairs = pair_by_key(_files_by_stem(images), _files_by_stem(masks), images, masks)
+    return [(prefix + stem, image, mask) for stem, image, mask in pairs]
 
 
 def discover(root: Path) -> dict[str, list[Pair]]:
@@ -79,7 +88,7 @@ def discover(root: Path) -> dict[str, list[Pair]]:
         return {"all": _pairs_in(root)}
     if "train" not in present:
         raise fail(root, f"has {'/'.join(present)} sub-folders but no train/")
-    return {s: _pairs_in(root / s) for s in present}
+    return {s: _pairs_in(root / s, f"{s}/") for s in present}
 
 
 def source_files(arg: str | None) -> list[Path]:
@@ -115,6 +124,21 @@ def _draw(pairs: list[Pair], fraction: float, rng: np.random.Generator,
     drawn = set(order[:count].tolist())
     return ([p for i, p in enumerate(pairs) if i not in drawn],
             [p for i, p in enumerate(pairs) if i in drawn])
+
+
+def fold_splits(found: dict[str, list[Pair]], rng: np.random.Generator, root: Path,
+                folds: int, fold: int) -> tuple[dict[str, list[Pair]], str]:
+    """Pairs per train/val/test for fold `fold` of `folds` >= 2, and the rule (for the facts)."""
+    pool = found.get("all", found.get("train", []) + found.get("val", []))
+    n_val = max(1, round(FRACTIONS["val"] * len(pool)))
+    split_of = fold_assignment(len(pool), folds, fold, n_val, rng, "image/mask pairs", str(root))
+    splits = {s: [pair for pair, split in zip(pool, split_of, strict=True) if split == s]
+              for s in SPLIT_NAMES}
+    rule = (f"fold {fold} of {folds} over {len(pool)} pairs (seeded), {n_val} val pairs from "
+            "the other folds")
+    if "test" in found:
+        rule += f"; the {len(found['test'])} pairs of test/ are not used"
+    return splits, rule
 
 
 def assign_splits(found: dict[str, list[Pair]], rng: np.random.Generator,
@@ -240,29 +264,39 @@ def _prepared_pair(image_path: Path, mask_path: Path, channels: int,
     return np.repeat(image, channels // image.shape[0], 0), mask
 
 
-def build(arg: str | None, image_size: int, seed: int) -> PreparedDataset:
+def estimate_bytes(arg: str | None, image_size: int) -> int:
+    """Peak bytes of `build`, from the file listing alone: twice the prepared slices (gathered,
+    then stacked) with 3 channels (an upper bound), one slice per pair."""
     root = _root(arg)
-    splits, rule = assign_splits(discover(root), np.random.default_rng(seed), root)
+    pairs = sum(len(p) for p in discover(root).values())
+    return 2 * prepared_bytes(pairs, 3, image_size)
+
+
+def build(arg: str | None, image_size: int, seed: int, folds: int = 1,
+          fold: int = 0) -> PreparedDataset:
+    root = _root(arg)
+    rng = np.random.default_rng(seed)
+    found = discover(root)
+    splits, rule = (assign_splits(found, rng, root) if folds == 1
+                    else fold_splits(found, rng, root, folds, fold))
     classes_path = root / CLASSES_FILE
     declared = read_class_names(classes_path) if classes_path.is_file() else None
     values_by_mask, channels, train_sums = _scan(splits)
     binary, class_names = mask_format(values_by_mask, declared, root)
     mean, std = _channel_stats(train_sums, channels)
     one_hot = np.eye(len(class_names), dtype=bool)
-    images_out: dict[str, list] = {s: [] for s in SPLIT_NAMES}
-    masks_out: dict[str, list] = {s: [] for s in SPLIT_NAMES}
+    slices = {s: SliceList() for s in SPLIT_NAMES}
     for s in SPLIT_NAMES:
-        for _, image_path, mask_path in splits[s]:
+        for case, image_path, mask_path in splits[s]:
             image, mask = _prepared_pair(image_path, mask_path, channels, binary)
             normalised = (image - mean[:, None, None]) / std[:, None, None]
             resized, label = resize_slice(normalised, one_hot[mask].transpose(2, 0, 1), image_size)
-            images_out[s].append(resized)
-            masks_out[s].append(label)
+            slices[s].append(resized, label, case, None)
     mask_kind = "binary 0/255, mapped to 0/1" if binary else "label-index images"
     return PreparedDataset(
         name=f"folder:{root}",
         class_names=class_names,
-        splits=stack_splits(images_out, masks_out),
+        splits=stack_splits(slices),
         description=(
             f"2D images and masks from {root} paired by file stem; masks: {mask_kind}; "
             f"{rule}; {channels}-channel images normalised per channel with train-split "

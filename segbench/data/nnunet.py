@@ -16,7 +16,11 @@ Options after the last `@`, comma-separated:
 - `keep=foreground` (default): only slices holding at least one labelled voxel;
   `keep=all`: every slice.
 Splits are by case (no case has slices in two splits): 70/10/20 seeded, or 90/10 of the
-training cases plus the labelled test cases.
+training cases plus the labelled test cases. With K folds (`--folds`), fold k of a seeded
+K-fold partition of the training cases (imagesTr, as nnU-Net's cross-validation) is the test
+split and 10% of the cases, from the other folds, validate; labelled imagesTs cases are then
+not used. Each slice carries its case id and its pixel size (dy, dx) in mm, from its case's
+header spacing and in-plane sides.
 
 Intensities are normalised per channel as nnU-Net does, by the channel's name: "CT" -> clip
 to the 0.5 and 99.5 percentiles of the foreground (labelled) voxels of the train cases, then
@@ -35,8 +39,15 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import DataError, PreparedDataset, resize_slice
-from segbench.data.slicing import SPLIT_NAMES, stack_splits, take_slice
+from segbench.data.base import (
+    DataError,
+    PreparedDataset,
+    prepared_bytes,
+    resize_slice,
+    resized_spacing,
+)
+from segbench.data.folds import fold_assignment
+from segbench.data.slicing import SPLIT_NAMES, SliceList, stack_splits, take_slice
 from segbench.data.validate import (
     check_finite,
     check_label_range,
@@ -242,11 +253,18 @@ def _read_nifti(path: Path) -> np.ndarray:
     return np.asanyarray(nib.load(str(path)).dataobj)
 
 
-def _voxel_spacing(path: Path) -> tuple[float, float, float]:
+def _header(path: Path):
     import nibabel as nib
 
-    zooms = read_or_fail(lambda p: nib.load(str(p)).header.get_zooms(), path, "NIfTI image")
-    return tuple(float(z) for z in zooms[:3])
+    header = read_or_fail(lambda p: nib.load(str(p)).header, path, "NIfTI image")
+    if len(header.get_data_shape()) < 3:
+        raise fail(path, f"shape {header.get_data_shape()} is a 2D image; nnunet: takes 3D "
+                         "volumes (use folder:PATH for 2D images)")
+    return header
+
+
+def _voxel_spacing(path: Path) -> tuple[float, float, float]:
+    return tuple(float(z) for z in _header(path).get_zooms()[:3])
 
 
 def _read_channels(case: Case, channels: int, json_path: Path) -> np.ndarray:
@@ -292,6 +310,17 @@ def split_cases(layout: Layout, rng: np.random.Generator) -> dict[str, list[Case
             "test": test}
 
 
+def fold_cases(layout: Layout, rng: np.random.Generator, folds: int,
+               fold: int) -> dict[str, list[Case]]:
+    """Cases per split for fold `fold` of `folds` >= 2 over the training cases."""
+    training = list(layout.training)
+    n_val = max(1, round(VAL_FRACTION * len(training)))
+    split_of = fold_assignment(len(training), folds, fold, n_val, rng, "training cases",
+                               str(layout.json_path))
+    return {s: [case for case, split in zip(training, split_of, strict=True) if split == s]
+            for s in SPLIT_NAMES}
+
+
 def normalisation_scheme(channel_name: str) -> str:
     return {"ct": "ct", "nonorm": "none", "rescale_to_0_1": "rescale", "rgb_to_0_1": "rgb"}.get(
         channel_name.lower(), "zscore")
@@ -335,75 +364,97 @@ def default_axis(cases: tuple[Case, ...]) -> int:
     return int(coarsest[-1])
 
 
+def case_spacing(case: Case, shape: tuple[int, ...], axis: int,
+                 image_size: int) -> tuple[float, float]:
+    """Pixel size (dy, dx) in mm of this case's slices after squaring and resizing."""
+    spacing = _voxel_spacing(case.images[0])
+    in_plane = [a for a in range(3) if a != axis]
+    return resized_spacing(tuple(shape[a] for a in in_plane),
+                           tuple(spacing[a] for a in in_plane), image_size)
+
+
 def case_slices(image: np.ndarray, labels: np.ndarray, axis: int, keep: str, image_size: int,
-                num_classes: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                num_classes: int, case_id: str, spacing: tuple[float, float]) -> SliceList:
     one_hot = np.eye(num_classes, dtype=bool)
-    images, masks = [], []
+    slices = SliceList()
     for index in range(labels.shape[axis]):
         label_slice = take_slice(labels, index, axis)
         if keep == "foreground" and not label_slice.any():
             continue
         resized, mask = resize_slice(take_slice(image, index, axis + 1),
                                      np.moveaxis(one_hot[label_slice], 2, 0), image_size)
-        images.append(resized)
-        masks.append(mask)
-    return images, masks
+        slices.append(resized, mask, case_id, spacing)
+    return slices
 
 
-def resized_pixel_mm(case: Case, shape: tuple[int, ...], axis: int, image_size: int) -> list[float]:
-    """In-plane pixel size (mm) of this case's slices after squaring and resizing."""
-    spacing = _voxel_spacing(case.images[0])
-    in_plane = [a for a in range(3) if a != axis]
-    side = max(shape[a] for a in in_plane)
-    return [round(side * spacing[a] / image_size, 4) for a in in_plane]
+def slicing_axis(options: Options, layout: Layout) -> int:
+    return options.axis if options.axis is not None else default_axis(layout.training)
 
 
-def build(arg: str | None, image_size: int, seed: int) -> PreparedDataset:
+def estimate_bytes(arg: str | None, image_size: int) -> int:
+    """Peak bytes of `build`, from dataset.json and the NIfTI headers alone: the largest case
+    as read (float32 channels, int64 labels, one-hot bool per class) and twice the prepared
+    slices (gathered, then stacked) when every slice is kept (an upper bound)."""
+    options = parse_arg(arg)
+    layout = read_layout(options.root)
+    axis = slicing_axis(options, layout)
+    channels, classes = len(layout.channel_names), len(layout.class_names)
+    shapes = [_header(case.label).get_data_shape()[:3] for case in layout.training + layout.test]
+    largest = max((int(np.prod(shape)) for shape in shapes), default=0)
+    slices = sum(shape[axis] for shape in shapes)
+    return (4 * channels + 8 + classes) * largest + 2 * prepared_bytes(slices, channels,
+                                                                       image_size)
+
+
+def build(arg: str | None, image_size: int, seed: int, folds: int = 1,
+          fold: int = 0) -> PreparedDataset:
     options = parse_arg(arg)
     layout = read_layout(options.root)
     rng = np.random.default_rng(seed)
-    splits = split_cases(layout, rng)
-    axis = options.axis if options.axis is not None else default_axis(layout.training)
+    splits = split_cases(layout, rng) if folds == 1 else fold_cases(layout, rng, folds, fold)
+    axis = slicing_axis(options, layout)
     schemes = [normalisation_scheme(name) for name in layout.channel_names]
     ct_stats = {c: ct_statistics(splits["train"], layout, c, rng)
                 for c, scheme in enumerate(schemes) if scheme == "ct"}
-    images: dict[str, list] = {s: [] for s in SPLIT_NAMES}
-    masks: dict[str, list] = {s: [] for s in SPLIT_NAMES}
+    slices = {s: SliceList() for s in SPLIT_NAMES}
     pixel_mm = set()
     for split in SPLIT_NAMES:
         for case in splits[split]:
             image, labels = read_case(case, layout)
             image = np.stack([normalise(image[c], scheme, ct_stats.get(c))
                               for c, scheme in enumerate(schemes)])
-            case_images, case_masks = case_slices(image, labels, axis, options.keep, image_size,
-                                                  len(layout.class_names))
-            images[split] += case_images
-            masks[split] += case_masks
-            pixel_mm.add(tuple(resized_pixel_mm(case, labels.shape, axis, image_size)))
-    check_splits_nonempty({s: len(images[s]) for s in SPLIT_NAMES}, options.root,
+            spacing = case_spacing(case, labels.shape, axis, image_size)
+            slices[split].extend(case_slices(image, labels, axis, options.keep, image_size,
+                                             len(layout.class_names), case.case_id, spacing))
+            pixel_mm.update(spacing)
+    check_splits_nonempty({s: len(slices[s]) for s in SPLIT_NAMES}, options.root,
                           f"slices (keep={options.keep}, axis={axis})")
-    uniform = len(pixel_mm) == 1 and np.isclose(*next(iter(pixel_mm)), rtol=0.01)
+    if folds == 1:
+        rule = ("train/val from imagesTr, test from imagesTs/labelsTs" if layout.test
+                else "70/10/20 seeded")
+    else:
+        rule = f"fold {fold} of {folds} over the {len(layout.training)} imagesTr cases (seeded)"
+        if layout.test:
+            rule += f"; the {len(layout.test)} imagesTs cases are not used"
     return PreparedDataset(
         name=f"nnunet:{options.root}",
         class_names=list(layout.class_names),
-        splits=stack_splits(images, masks),
+        splits=stack_splits(slices),
         description=(
             f"{layout.flavour} dataset {options.root}: {len(layout.channel_names)} channel(s) "
             f"({', '.join(layout.channel_names)}) normalised as nnU-Net does "
             f"({', '.join(schemes)}); 3D volumes sliced along axis {axis} ({options.keep} "
-            "slices), centred in a square and resized; case-level split "
-            + ("train/val from imagesTr, test from imagesTs/labelsTs" if layout.test
-               else "70/10/20 seeded")
+            f"slices), centred in a square and resized; case-level split {rule}"
         ),
-        spacing_mm=float(next(iter(pixel_mm))[0]) if uniform else None,
         facts={
             "layout": layout.flavour,
             "axis": axis,
             "keep": options.keep,
             "cases": {s: [case.case_id for case in splits[s]] for s in SPLIT_NAMES},
-            "slices_per_split": {s: len(images[s]) for s in SPLIT_NAMES},
+            "slices_per_split": {s: len(slices[s]) for s in SPLIT_NAMES},
+            "split_rule": rule,
             "normalisation": dict(zip(layout.channel_names, schemes, strict=True)),
             "ct_statistics": {layout.channel_names[c]: v for c, v in ct_stats.items()},
-            "pixel_mm_range": [min(min(p) for p in pixel_mm), max(max(p) for p in pixel_mm)],
+            "pixel_mm_range": [round(min(pixel_mm), 4), round(max(pixel_mm), 4)],
         },
     )

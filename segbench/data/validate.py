@@ -2,11 +2,14 @@
 
 Each check raises a DataError of one line that names the file (or folder) and the problem:
 a missing mask or image, a size mismatch, labels outside the declared classes, a mask that
-is not integer-valued, NaN/Inf intensities, an unreadable file, an empty split.
+is not integer-valued, NaN/Inf intensities, an unreadable file, a symbolic link that loops or
+points nowhere, an empty split.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -31,6 +34,20 @@ def read_or_fail(read: Callable[[Path], T], path: Path, what: str) -> T:
     except Exception as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise fail(path, f"unreadable {what} ({detail})") from e
+
+
+def stat_or_fail(path: Path) -> os.stat_result:
+    """`path.stat()`, with a symlink loop, a dangling symlink or any other failure as one line."""
+    try:
+        return path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            problem = "symbolic link loop (the link resolves to itself)"
+        elif path.is_symlink():
+            problem = f"dangling symbolic link (its target {os.readlink(path)} does not exist)"
+        else:
+            problem = f"cannot be read ({e.strerror})"
+        raise fail(path, problem) from None
 
 
 def pair_by_key(images: dict[str, Path], masks: dict[str, Path], images_dir: Path,

@@ -5,6 +5,13 @@ summed confusion matrix; mIoU and mean Dice average the foreground classes (all 
 background), the usual medical-imaging convention. A class absent from both reference and
 prediction in the whole split has no defined score: it is left out of the means and counted
 in `classes_undefined`.
+
+Per test case (`case_scores`): the same scores from the confusion matrix of that case's slices
+alone, and its boundary metrics over its slices (segbench.measure.boundary's empty-region
+policy), one row per case, for case-level intervals and paired comparisons (segbench.stats).
+Baselines: `majority_baseline` (one class everywhere; mDice 0 whenever background is the
+majority) and `pixel_prior_baseline` (at each pixel the training split's most frequent class
+there: for registered anatomy, an atlas).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import torch
 from torch import nn
 
 from segbench.data.base import Split
+from segbench.measure.boundary import boundary_metrics
 from segbench.measure.context import MeasureContext, inference_fn
 
 
@@ -64,3 +72,44 @@ def accuracy(model: nn.Module, split: Split, num_classes: int,
     """Overlap scores of the model on a split, and its label maps."""
     pred = predict(model, split.images, ctx)
     return scores_from_confusion(confusion_matrix(pred, split.masks, num_classes)), pred
+
+
+def pixel_prior(train: Split, num_classes: int) -> torch.Tensor:
+    """(H, W): the most frequent training label at each pixel (the lower class on ties)."""
+    masks = train.masks
+    pixels = masks.shape[1] * masks.shape[2]
+    index = masks.reshape(masks.shape[0], -1).long() * pixels + torch.arange(pixels)
+    counts = torch.bincount(index.flatten(), minlength=num_classes * pixels)
+    return counts.reshape(num_classes, pixels).argmax(0).reshape(masks.shape[1:])
+
+
+def pixel_prior_baseline(train: Split, test: Split, num_classes: int) -> dict:
+    """What predicting `pixel_prior(train)` for every test slice scores on test."""
+    pred = pixel_prior(train, num_classes).expand_as(test.masks)
+    return scores_from_confusion(confusion_matrix(pred, test.masks, num_classes))
+
+
+CASE_METRICS = ("mdice", "miou", "hd95_px", "asd_px", "nsd", "hd95_mm", "asd_mm")
+
+
+def case_scores(pred: torch.Tensor, split: Split, num_classes: int,
+                tolerance_px: float = 1.0) -> list[dict]:
+    """One row per case of the split (`split.groups`, in first-seen order): `case`, `slices`,
+    mdice and miou from the case's own confusion matrix (foreground classes; NaN when no
+    foreground class occurs in the case's reference or prediction), and hd95_px, asd_px, nsd
+    (hd95_mm, asd_mm when the split's spacing is known, else None) from `boundary_metrics`
+    over the case's slices."""
+    if pred.shape != split.masks.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} must match the split's masks "
+                         f"{tuple(split.masks.shape)}")
+    rows = []
+    for case in dict.fromkeys(split.groups):
+        index = torch.tensor([i for i, g in enumerate(split.groups) if g == case])
+        case_pred, case_target = pred[index], split.masks[index]
+        overlap = scores_from_confusion(confusion_matrix(case_pred, case_target, num_classes))
+        spacing = None if split.spacing_mm is None else split.spacing_mm[index]
+        boundary = boundary_metrics(case_pred, case_target, num_classes, spacing, tolerance_px)
+        rows.append({"case": case, "slices": len(index),
+                     **{key: overlap[key] for key in ("mdice", "miou")},
+                     **{key: boundary[key] for key in CASE_METRICS[2:]}})
+    return rows

@@ -1,8 +1,12 @@
 """What every measurement is given: `(model, inputs, ctx) -> dict`.
 
 `MeasureContext` holds the conditions of one row (device, deployment mode, kernels backend,
-threads, the profile's repeat counts); `MeasureInputs` the data the measurements run on.
-`inference_fn` is the one forward that accuracy, latency, throughput and memory all run.
+threads, the profile's repeat counts, the batch sweep); `MeasureInputs` the data the
+measurements run on. `inference_fn` is the one forward that accuracy, latency, throughput and
+memory all run; `model` is the row's deployed model (segbench.measure.modes).
+
+A measurement returns the row's columns; a value that is a list of dicts is a table of the row
+instead (e.g. `timing`, `sweep`), written as one CSV per name over all rows.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ class MeasureContext:
     profile: Profile
     kernels: str = "torch"
     threads: int = 2
+    batch_sweep: tuple[int, ...] = ()
 
     @classmethod
     def build(cls, device: torch.device | str, mode: Mode, profile: Profile,
-              kernels: str = "torch", threads: int = 2) -> MeasureContext:
+              kernels: str = "torch", threads: int = 2,
+              batch_sweep: tuple[int, ...] = ()) -> MeasureContext:
         device = torch.device(device)
-        return cls(device, mode.resolved(device.type), profile, kernels, threads)
+        return cls(device, mode.resolved(device.type), profile, kernels, threads, batch_sweep)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -45,7 +51,9 @@ class MeasureContext:
 
     def autocast(self) -> torch.autocast:
         dtype = self.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        # a CUDA graph must not capture autocast's cache of cast weights
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None,
+                              cache_enabled=not self.mode.cuda_graphs)
 
 
 @dataclass(frozen=True)

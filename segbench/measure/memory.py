@@ -12,7 +12,6 @@ lazily created state is resident before measuring.
 
 from __future__ import annotations
 
-import copy
 import ctypes
 import ctypes.util
 import math
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from segbench.measure.context import MeasureContext, MeasureInputs, inference_fn
-from segbench.train import make_optimizer, make_train_step
+from segbench.measure.modes import train_step_fn
 
 MB = 2**20
 # torch's CPU allocator says "DefaultCPUAllocator: can't allocate memory: you tried to ..."
@@ -115,12 +114,7 @@ def inference_memory(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContex
 def training_memory(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext) -> dict:
     """Peak memory of one full training step (forward, loss, backward, update) at the
     profile's batch, on a copy of the model."""
-    scratch = copy.deepcopy(model)
-    step = make_train_step(scratch, make_optimizer(scratch, ctx.profile), ctx.device,
-                           ctx.autocast_dtype is not None)
-    peak = peak_memory_mb(lambda: step(inputs.train_images, inputs.train_masks), ctx.device)
-    del scratch
-    return {"train_peak_mem_mb": peak}
+    return {"train_peak_mem_mb": peak_memory_mb(train_step_fn(model, inputs, ctx), ctx.device)}
 
 
 def _meminfo_bytes(field: str) -> int | None:

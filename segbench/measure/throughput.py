@@ -9,7 +9,7 @@ from torch import nn
 from segbench.measure.context import MeasureContext, MeasureInputs, inference_fn
 from segbench.measure.device import EnergyMeter
 from segbench.measure.memory import is_out_of_memory
-from segbench.measure.timing import percentile, time_calls_ms
+from segbench.measure.timing import timed_rounds
 
 
 def throughput(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext) -> dict:
@@ -28,11 +28,10 @@ def throughput(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext) -> 
 def _at_batch(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext, batch: int) -> dict:
     forward = inference_fn(model, torch.randn(batch, *inputs.image_shape, device=ctx.device), ctx)
     forward()  # warm-up at this batch size (also the out-of-memory probe)
-    repeats = ctx.profile.throughput_repeats
     meter = EnergyMeter(ctx.device)
     with meter.measuring():
-        times = time_calls_ms(forward, ctx.device, warmup=0, repeats=repeats)
-    median_s = percentile(times, 50) / 1e3
-    energy = meter.joules / (batch * repeats) if meter.joules is not None else None
-    return {"throughput_img_s": batch / median_s, "throughput_batch": batch,
-            "energy_j_per_img": energy}
+        timing = timed_rounds(forward, ctx.device, warmup=0, calls=ctx.profile.throughput_repeats)
+    energy = meter.joules / (batch * timing.calls_made) if meter.joules is not None else None
+    return {"throughput_img_s": batch / (timing.median_ms / 1e3), "throughput_batch": batch,
+            "throughput_spread_pct": 100 * timing.spread, "energy_j_per_img": energy,
+            "timing": [timing.line("throughput", batch)]}
