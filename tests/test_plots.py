@@ -210,3 +210,33 @@ def test_a_folder_without_finished_rows_has_no_figures(tmp_path):
     rows = [row("lost-small", latency_ms="", mdice="", status="oom")]
     assert plots.draw_figures([plots.RunData("r", rows)], tmp_path) == []
     assert list(tmp_path.iterdir()) == []
+
+
+def sweep_line(variant, batch, rate, status="ok", unstable="False") -> dict:
+    return {"arch": variant.split("-")[0], "variant": variant, "kernels": "torch",
+            "mode": "eager-fp32", "dataset": "phantom", "image_size": "32", "device": "cpu",
+            "seed": "0", "batch": batch, "status": status, "throughput_img_s": rate,
+            "timing_unstable": unstable}
+
+
+def test_sweep_plot_ends_a_line_that_ran_out_of_memory(tmp_path):
+    folder = summary_run(tmp_path)
+    write_csv(folder / "sweep.csv", [
+        sweep_line("unet-small", 1, 40.0), sweep_line("unet-small", 2, 70.0, unstable="True"),
+        sweep_line("unet-small", 4, "", status="oom"),
+        sweep_line("fcn-small", 1, 90.0), sweep_line("fcn-small", 2, 150.0),
+        sweep_line("fcn-small", 4, 210.0)])
+    run = plots.read_run(folder)
+    fig = drawn(plots.sweep_figure([run]))
+    (ax,) = fig.axes
+    assert sorted(line.get_label() for line in ax.lines) == \
+        ["fcn-small [torch, eager-fp32]", "unet-small [torch, eager-fp32]"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
+    crosses = [c for c in ax.collections if c.get_sizes()[0] == 80]
+    assert [tuple(c.get_offsets()[0]) for c in crosses] == [(2.0, 70.0)]
+    assert len([c for c in ax.collections if len(c.get_facecolors()) == 0]) == 1
+    out = tmp_path / "out"
+    out.mkdir()
+    drawn_figures = dict(plots.draw_figures([run], out))
+    with Image.open(drawn_figures["throughput vs batch"]) as image:
+        assert image.size == png_size(fig)
