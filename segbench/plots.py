@@ -333,7 +333,11 @@ def _span(values: list[float], log: bool, room_right: float = 0.08) -> tuple[flo
     if log:
         spread = max(math.log10(high) - math.log10(low), 0.5)
         return low / 10 ** (spread * 0.08), high * 10 ** (spread * room_right)
-    spread = max(high - low, 0.1 * max(abs(high), 1e-9))
+    # a range narrower than a fifth of the values' size (one point, say) is widened about its
+    # middle: a lone point must not sit on an axis zoomed to its third decimal
+    spread = max(high - low, 0.2 * max(abs(high), 1e-9))
+    middle = (low + high) / 2
+    low, high = min(low, middle - spread / 2), max(high, middle + spread / 2)
     return low - spread * 0.08, high + spread * room_right
 
 
