@@ -141,10 +141,14 @@ def _identity(row: dict, drop: Iterable[str]) -> tuple:
     return (row["run"], *(str(row.get(f, "")) for f in results.KEY_FIELDS if f not in drop))
 
 
+def _key_fields(summary: dict) -> list[str]:
+    return [f for f in results.KEY_FIELDS if f in summary]
+
+
 def _summaries(runs: list[RunData]) -> dict[str, list[dict]]:
     """summary.csv rows by run, each with the key columns it is keyed by."""
-    return {run.name: [{**row, "_fields": [f for f in results.KEY_FIELDS if f in row]}
-                       for row in run.summary] for run in runs}
+    return {run.name: [{**row, "_fields": _key_fields(row)} for row in run.summary]
+            for run in runs}
 
 
 def _matches(row: dict, summary: dict) -> bool:
@@ -227,6 +231,7 @@ def conditions(rows: list[dict]) -> str:
     device = _shared(rows, "device_name") or _shared(rows, "device")
     parts.append(device or "several devices")
     for name, text in (("dtype", "{}"), ("threads", "{} threads"), ("kernels", "kernels {}"),
+                       ("mode", "{}"),
                        ("profile", "profile {}"), ("epochs", "{} epochs")):
         value = _shared(rows, name)
         if value:
@@ -519,19 +524,32 @@ def accuracy_cost_figure(runs: list[RunData], costs: list[str]) -> Figure | None
 # ---------------------------------------------------------------- forest plot
 
 
+def _comparison_groups(run: RunData) -> list[list[dict]]:
+    """summary.csv's rows by comparison group (every key field but the architecture): each
+    group has its own best and ranks, so each gets its own panel; best mean first."""
+    groups: dict[tuple, list[dict]] = {}
+    for summary in run.summary:
+        if math.isfinite(number(summary.get("mdice_mean"))):
+            group = tuple(str(summary.get(f)) for f in results.KEY_FIELDS
+                          if f in summary and f not in ("arch", "variant"))
+            groups.setdefault(group, []).append(summary)
+    return [sorted(entries, key=lambda s: -number(s["mdice_mean"]))
+            for entries in groups.values()]
+
+
 def forest_figure(runs: list[RunData]) -> Figure | None:
-    """Test mDice per configuration with its 95% CI (summary.csv), one panel per run; the
-    single repeats as dots and the summary's rank (ties marked "=") at the right."""
-    panels = [(run, sorted((s for s in run.summary if math.isfinite(number(s.get("mdice_mean")))),
-                           key=lambda s: -number(s["mdice_mean"])))
-              for run in runs if run.summary]
-    panels = [(run, entries) for run, entries in panels if entries]
+    """Test mDice per configuration with its 95% CI (summary.csv), one panel per run and
+    comparison group; the single repeats as dots, the summary's rank (ties marked "=") at the
+    right and the pixel-prior baseline, where the summary has one, as a grey line."""
+    panels = [(run, entries) for run in runs for entries in _comparison_groups(run)]
     if not panels:
         return None
     heights = [0.32 * len(entries) + 1.1 for _, entries in panels]
     caption = ["Bars: 95% bootstrap CI over test cases, pooled over seeds and folds; dots: "
                "single repeats (results.csv). Rank: paired comparison with the best on the "
-               "same test cases; '=' marks a tie (the interval of the difference contains 0)."]
+               "same test cases; '=' marks a tie (the interval of the difference contains 0). "
+               "Grey dashed: the pixel-prior baseline (the training split's most frequent class "
+               "at each pixel), where summary.csv has it."]
     width = 8.0
     caption = _wrap(caption, width)
     caption_in = CAPTION_LINE_IN * len(caption) + 0.3
@@ -548,7 +566,7 @@ def forest_figure(runs: list[RunData]) -> Figure | None:
 
 
 def _repeats_of(summary: dict, rows: list[dict]) -> list[float]:
-    fields = [f for f in results.KEY_FIELDS if f in summary]
+    fields = _key_fields(summary)
     return [number(r["mdice"]) for r in rows
             if r.get("status") == "ok" and all(str(r.get(f, "")) == summary[f] for f in fields)
             and math.isfinite(number(r.get("mdice")))]
@@ -572,6 +590,10 @@ def _draw_forest(ax, run: RunData, entries: list[dict]) -> None:
         if summary.get("rank"):
             ax.annotate(summary["rank"], (1.01, y), xycoords=("axes fraction", "data"),
                         va="center", fontsize=8)
+    baseline = number(entries[0].get("baseline_mdice_mean"))
+    if math.isfinite(baseline):
+        ax.axvline(baseline, color=MUTED, lw=1, ls="--", zorder=1)
+        values.append(baseline)
     labels = [f"{s['variant']}{' [' + s['kernels'] + ']' if varying_kernels else ''}  "
               f"n={s.get('n', '?')}" for s in entries]
     ax.set_yticks(list(ys), labels, fontsize=8)
@@ -581,7 +603,9 @@ def _draw_forest(ax, run: RunData, entries: list[dict]) -> None:
     ax.axvline(number(entries[0]["mdice_mean"]), color=FRONT, lw=0.8, ls=":", zorder=1)
     ax.set_xlabel("test mDice (foreground classes)")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"{run.name}: {conditions(run.rows)}", fontsize=9)
+    rows = [r for r in run.rows if any(_matches(r, {**s, "_fields": _key_fields(s)})
+                                       for s in entries)]
+    ax.set_title(f"{run.name}: {conditions(rows or run.rows)}", fontsize=9)
     if any(s.get("rank") for s in entries):
         ax.annotate("rank", (1.01, len(entries) + 0.5), xycoords=("axes fraction", "data"),
                     va="bottom", fontsize=8, style="italic")

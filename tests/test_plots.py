@@ -240,3 +240,22 @@ def test_sweep_plot_ends_a_line_that_ran_out_of_memory(tmp_path):
     drawn_figures = dict(plots.draw_figures([run], out))
     with Image.open(drawn_figures["throughput vs batch"]) as image:
         assert image.size == png_size(fig)
+
+
+def test_forest_plot_has_a_panel_per_comparison_group_and_the_baseline(tmp_path):
+    folder = summary_run(tmp_path)
+    with (folder / "summary.csv").open(newline="") as f:
+        torch_rows = list(csv.DictReader(f))
+    triton_rows = [{**s, "kernels": "triton", "mdice_mean": str(float(s["mdice_mean"]) - 0.01)}
+                   for s in torch_rows]
+    write_csv(folder / "summary.csv", [{**s, "baseline_mdice_mean": "0.2"}
+                                       for s in torch_rows + triton_rows])
+    fig = plots.forest_figure([plots.read_run(folder)])
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        assert [t.get_text() for t in ax.texts] == ["1", "2=", "2=", "rank"]
+        dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
+        assert [tuple(line.get_xdata()) for line in dashed] == [(0.2, 0.2)]
+        assert ax.get_xlim()[0] < 0.2
+    triton_dots = [len(c.get_offsets()) for c in fig.axes[1].collections]
+    assert 3 not in triton_dots  # results.csv holds no triton repeats
