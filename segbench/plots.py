@@ -165,8 +165,7 @@ def _flag(rows: list[dict], cost: Cost) -> str:
     if statuses:
         return f"status {'/'.join(statuses)}"
     if cost.timed and any(is_true(r.get("timing_unstable")) for r in rows):
-        reasons = sorted({r.get("timing_reason", "") for r in rows} - {""})
-        return "timing unstable" + (f" ({'; '.join(reasons)})" if reasons else "")
+        return "timing unstable"  # its reasons run to lines of round medians: see results.md
     return ""
 
 
@@ -450,6 +449,9 @@ def cost_caption(points: list[Point], missing: list[str]) -> list[str]:
     flagged = sorted({f"{p.label}: {p.flag}" for p in points if p.flag})
     if flagged:
         lines.append("Flagged: " + "; ".join(flagged) + ".")
+        if any(p.flag == "timing unstable" for p in points):
+            lines.append("Why a timing is unstable: timing_reason in results.csv, listed under "
+                         "the table of results.md; `segbench measure` re-times the rows.")
     if missing:
         lines.append("Not plotted (no accuracy or cost): " + "; ".join(sorted(missing)) + ".")
     return lines
@@ -629,14 +631,19 @@ def _trainings(run: RunData) -> dict[str, dict[tuple, list[dict]]]:
     return by_arch
 
 
+def _split_follows_seed(rows: list[dict]) -> bool:
+    """Each row's split seed is its seed (the default: one split per seed), so naming the
+    split seed too says nothing."""
+    return all(str(r.get("split_seed")) == str(r.get("seed")) for r in rows)
+
+
 def _training_label(lines: list[dict], trainings: list[list[dict]]) -> str:
     first = [t[0] for t in trainings]
     parts = []
     if _shared(first, "variant") is None:
         parts.append(lines[0]["variant"])
-    split_follows_seed = all(t.get("split_seed") == t.get("seed") for t in first)
     for name in ("seed", "split_seed", "fold", "recipe", "threads", "train_kernels"):
-        if name == "split_seed" and split_follows_seed:  # the default: one split per seed
+        if name == "split_seed" and _split_follows_seed(first):
             continue
         if _shared(first, name) is None:
             parts.append(f"{name.replace('_', ' ')} {lines[0].get(name)}")
@@ -702,35 +709,45 @@ def _draw_curves(ax, trainings: list[list[dict]]) -> None:
 # ---------------------------------------------------------------- throughput vs batch
 
 
-def _sweep_curves(runs: list[RunData]) -> dict[tuple, dict[str, dict]]:
-    """sweep.csv by panel (dataset, image size, device), then by row (variant, kernels, mode):
-    the batches that ran, their throughputs, whether any was flagged unstable, and the batch
-    that did not fit (None when every batch ran)."""
-    panels: dict[tuple, dict[str, dict]] = {}
-    for run in runs:
-        for line in run.sweep:
-            label = f"{line['variant']} [{line['kernels']}, {line['mode']}]"
-            if len(runs) > 1:
-                label = f"{run.name}: {label}"
-            panel = tuple(str(line.get(f)) for f in PANEL_FIELDS)
-            curve = panels.setdefault(panel, {}).setdefault(
-                label, {"batches": [], "rates": [], "unstable": [], "failed_at": None})
-            if line.get("status") == "ok":
-                curve["batches"].append(int(line["batch"]))
-                curve["rates"].append(number(line["throughput_img_s"]))
-                curve["unstable"].append(is_true(line.get("timing_unstable")))
-            else:
-                curve["failed_at"] = int(line["batch"])
-    return panels
+def _sweep_label(line: dict, varying: list[str]) -> str:
+    return " ".join([line["variant"], f"[{line['kernels']}, {line['mode']}]",
+                     *(f"{f.replace('_', ' ')} {line.get(f)}" for f in varying)])
+
+
+def _sweep_curves(lines: list[dict]) -> dict[str, dict]:
+    """One panel's sweep.csv lines by row: the batches that ran, their throughputs, whether
+    each was flagged unstable, and the batch that did not fit (None when every batch ran)."""
+    rows: dict[tuple, list[dict]] = {}
+    for line in lines:
+        rows.setdefault(_identity(line, ()), []).append(line)
+    firsts = [row_lines[0] for row_lines in rows.values()]
+    varying = [f for f in ("run", *results.KEY_FIELDS)
+               if f not in ("arch", "variant", "kernels", "mode", *PANEL_FIELDS)
+               and _shared(firsts, f) is None
+               and not (f == "split_seed" and _split_follows_seed(firsts))]
+    curves = {}
+    for row_lines in rows.values():
+        ran = sorted((line for line in row_lines if line.get("status") == "ok"),
+                     key=lambda line: int(line["batch"]))
+        failed = [int(line["batch"]) for line in row_lines if line.get("status") != "ok"]
+        curves[_sweep_label(row_lines[0], varying)] = {
+            "batches": [int(line["batch"]) for line in ran],
+            "rates": [number(line["throughput_img_s"]) for line in ran],
+            "unstable": [is_true(line.get("timing_unstable")) for line in ran],
+            "failed_at": min(failed) if failed else None}
+    return curves
 
 
 def sweep_figure(runs: list[RunData]) -> Figure | None:
-    """Inference throughput against batch size, one line per row (variant, kernels, mode), one
-    panel per (dataset, image size, device); an x ends a line whose next batch did not fit and
-    a hollow marker is a batch whose timing was unstable."""
-    panels = sorted(_sweep_curves(runs).items())
+    """Inference throughput against batch size, one line per row (variant, kernels, mode, and
+    seed or whatever else tells the rows apart), one panel per (dataset, image size, device);
+    an x ends a line whose next batch did not fit and a hollow marker is a batch whose timing
+    was unstable."""
+    lines = [{**line, "run": run.name} for run in runs for line in run.sweep]
+    panels = _panel_groups(lines)
     if not panels:
         return None
+    rows = [row for run in runs for row in run.rows]
     width = 7.0 * len(panels)
     caption = _wrap(["Each point: images/s = batch / median forward latency over the timing "
                      "rounds (sweep.csv). x: the next batch of the sweep did not fit (out of "
@@ -742,13 +759,12 @@ def sweep_figure(runs: list[RunData]) -> Figure | None:
     axes = fig.subplots(1, len(panels), squeeze=False, gridspec_kw={
         "left": 0.75 / width, "right": 1 - 0.25 / width, "top": 1 - 0.45 / height,
         "bottom": (caption_in + 0.55) / height, "wspace": 0.22})
-    for ax, (panel, curves) in zip(axes[0], panels, strict=True):
-        rows = [{"dataset": panel[0], "image_size": panel[1], "device": panel[2],
-                 **{f: line.get(f) for f in ("device_name", "dtype", "threads")}}
-                for run in runs for line in run.sweep
-                if tuple(str(line.get(f)) for f in PANEL_FIELDS) == panel]
-        _draw_sweep(ax, curves)
-        ax.set_title(f"Throughput vs batch: {conditions(rows)}", fontsize=9)
+    for ax, (panel, panel_lines) in zip(axes[0], panels, strict=True):
+        _draw_sweep(ax, _sweep_curves(panel_lines))
+        measured = [r for r in rows if tuple(str(r.get(f)) for f in PANEL_FIELDS) == panel
+                    and _identity(r, ()) in {_identity(line, ()) for line in panel_lines}]
+        title = f"Throughput vs batch: {conditions(measured or panel_lines)}"
+        ax.set_title("\n".join(_wrap([title], 0.8 * width / len(panels))), fontsize=9)
     fig.text(0.75 / width, (caption_in - 0.1) / height, "\n".join(caption), fontsize=7.5,
              va="top", linespacing=1.35)
     return fig

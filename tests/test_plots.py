@@ -135,7 +135,8 @@ def test_flagged_outlier_cannot_squeeze_the_axis():
     hollow = [c for c in ax.collections if len(c.get_facecolors()) == 0]
     assert len(hollow) == 2
     caption = fig.texts[-1].get_text().replace("\n", " ")
-    assert "slow-small: timing unstable (rounds disagree by 40%)" in caption
+    assert "slow-small: timing unstable." in caption and "40%" not in caption
+    assert "Why a timing is unstable: timing_reason in results.csv" in caption
     assert "broken-small: status error" in caption
     assert "lost-small [torch] (oom)" in caption
     # off the latency axis, a timing flag is no reason to hollow a point
@@ -259,3 +260,11 @@ def test_forest_plot_has_a_panel_per_comparison_group_and_the_baseline(tmp_path)
         assert ax.get_xlim()[0] < 0.2
     triton_dots = [len(c.get_offsets()) for c in fig.axes[1].collections]
     assert 3 not in triton_dots  # results.csv holds no triton repeats
+
+
+def test_sweep_plot_has_a_line_per_seed(tmp_path):
+    lines = [{**sweep_line("unet-small", batch, rate), "seed": seed, "split_seed": seed}
+             for seed in ("0", "1") for batch, rate in ((1, 40.0), (2, 70.0))]
+    fig = plots.sweep_figure([plots.RunData("r", [], sweep=lines)])
+    assert sorted(line.get_label() for line in fig.axes[0].lines) == \
+        ["unet-small [torch, eager-fp32] seed 0", "unet-small [torch, eager-fp32] seed 1"]
