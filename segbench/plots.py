@@ -555,11 +555,11 @@ def forest_figure(runs: list[RunData]) -> Figure | None:
     width = 8.0
     caption = _wrap(caption, width)
     caption_in = CAPTION_LINE_IN * len(caption) + 0.3
-    height = sum(heights) + caption_in
+    height = sum(heights) + caption_in + 0.4
     fig = _new_figure(width, height)
     axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={
         "height_ratios": heights, "left": 2.3 / width, "right": 1 - 0.6 / width,
-        "top": 1 - 0.4 / height, "bottom": (caption_in + 0.2) / height, "hspace": 0.9 / 2})
+        "top": 1 - 0.4 / height, "bottom": (caption_in + 0.6) / height, "hspace": 0.9 / 2})
     for ax, (run, entries) in zip(axes[:, 0], panels, strict=True):
         _draw_forest(ax, run, entries)
     fig.text(0.3 / width, (caption_in - 0.1) / height, "\n".join(caption), fontsize=7.5,
