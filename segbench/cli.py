@@ -21,6 +21,7 @@ from segbench.config import (
     COMPILE_MODES,
     DTYPES,
     PROFILES,
+    RECIPES,
     Mode,
     RunConfig,
     UsageError,
@@ -32,7 +33,10 @@ examples:
   segbench list                                  architectures, variants, params, GFLOPs
   segbench run --arch all                        every architecture, built-in brain MRI
   segbench run --arch unet,swin --profile smoke  two architectures in seconds
-  segbench run --arch fcn,unet --seeds 0,1,2     three trainings of each, one row per seed
+  segbench run --arch fcn,unet --seeds 0,1,2     three trainings of each, one row per seed;
+                                                 summary.md: means, sds, CIs, ranks with ties
+  segbench run --arch fcn,unet --seeds 0,1 --folds 5
+                                                 5-fold cross-validation, two seeds per fold
   segbench run --arch deeplabv3plus --kernels both --device cuda
                                                  torch and Triton rows on the same weights
   segbench run --arch all --seeds 0,1,2 --workers 4
@@ -129,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--split-seed", type=int,
                      help="one seed for the data split of every row (default: each row's "
                      "training seed also draws its split)")
+    run.add_argument("--recipe", choices=RECIPES, default=RunConfig.recipe,
+                     help="family (default): each architecture family's optimizer, lr, weight "
+                     "decay and schedule from its paper, with a linear warm-up; shared: one "
+                     "AdamW recipe for every architecture (the profile's lr), for ablations")
+    run.add_argument("--lr-sweep", action="store_true",
+                     help="train each model at 0.1x, 1x and 10x its recipe's lr for the same "
+                     "steps and keep the best on the validation split (3x the training time); "
+                     "rows record the lr picked and what each tried scored")
     run.add_argument("--image-size", type=int, help="override the profile's image size")
     run.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     run.add_argument("--threads", type=int, default=2,
@@ -274,7 +286,8 @@ def _slug(dataset: str) -> str:
 
 
 def default_out(cfg: RunConfig) -> Path:
-    """runs/<profile>_<device>_<dataset>_<size>px[_<epochs>ep]_s<seeds>[_<K>fold][_split<N>]:
+    """runs/<profile>_<device>_<dataset>_<size>px[_<epochs>ep]_s<seeds>[_<K>fold][_split<N>]
+    [_shared][_lrsweep]:
     everything that tells one study from another, so the same command finds its folder."""
     profile = cfg.profile
     parts = [profile.name, cfg.device, _slug(cfg.dataset), f"{profile.image_size}px"]
@@ -287,6 +300,8 @@ def default_out(cfg: RunConfig) -> Path:
         parts.append(f"split{cfg.split_seed}")
     if cfg.recipe != RunConfig.recipe:
         parts.append(cfg.recipe)
+    if cfg.lr_sweep:
+        parts.append("lrsweep")
     return Path("runs") / "_".join(parts)
 
 
@@ -329,7 +344,8 @@ def run_config(args) -> RunConfig:
     cfg = RunConfig(archs=resolve_arch_names(names), dataset=args.dataset, profile=profile,
                     device=device, kernels=args.kernels, out_dir=Path("."),
                     seeds=parse_seeds(args.seeds), folds=args.folds or 1,
-                    split_seed=args.split_seed, modes=parse_modes(args), threads=args.threads,
+                    split_seed=args.split_seed, recipe=args.recipe, lr_sweep=args.lr_sweep,
+                    modes=parse_modes(args), threads=args.threads,
                     batch_sweep=parse_batch_sweep(args.batch_sweep),
                     save_weights=args.save_weights, pretrained=args.pretrained,
                     force=args.force)
@@ -362,15 +378,17 @@ def _report_rows(records, out: Path, again: str) -> int:
 
     try:
         for record in records:
+            fold = f" fold {record.fold + 1}/{record.folds}" if record.folds > 1 else ""
             tqdm.write(f"  {record.variant} [{record.kernels}, {record.mode}] seed "
-                       f"{record.seed}: {_outcome(record)}")
+                       f"{record.seed}{fold}: {_outcome(record)}")
     except (KeyboardInterrupt, Terminated) as e:
         name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
         print(f"\nsegbench: stopped by {name}; finished rows are kept in {out}; {again}",
               file=sys.stderr)
         return SIGNAL_EXIT[name]
     figures = ", ".join(map(str, draw_folder(out))) or "none (no finished rows)"
-    print(f"segbench: results in {out}/results.md; plots: {figures}")
+    print(f"segbench: results in {out}/results.md, summary in {out}/summary.md; plots: "
+          f"{figures}")
     return 0
 
 

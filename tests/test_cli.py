@@ -86,7 +86,7 @@ def error_line(capsys, after_progress_bars=False):
     (["--arch", "unet", "--threads", "0"], "--threads must be at least 1"),
     (["--arch", "unet", "--profile", "gpu"], "--profile gpu trains paper-size models for 40 "
      "epochs, hours on a CPU; use --profile cpu, or add --force"),
-    (["--arch", "unet", "--folds", "2"], "--folds needs K-fold splits from segbench.data"),
+    (["--arch", "unet", "--folds", "100"], "phantom: --folds 100 is more than its 72 "),
 ])
 def test_bad_arguments(args, expected, capsys, tmp_path):
     argv = [*SMOKE, *args]

@@ -50,7 +50,8 @@ def test_run_leaves_its_plots(smoke_run, capsys):
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     cost_png, curves_png = smoke_run / "accuracy_vs_cost.png", smoke_run / "training_curves.png"
-    assert last.startswith(f"segbench: results in {smoke_run}/results.md; plots: ")
+    assert last.startswith(f"segbench: results in {smoke_run}/results.md, summary in "
+                           f"{smoke_run}/summary.md; plots: ")
     assert str(cost_png) in last and str(curves_png) in last
     run = plots.read_run(smoke_run)
     expected = png_size(plots.accuracy_cost_figure([run], list(plots.COSTS)))
