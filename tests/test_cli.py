@@ -56,8 +56,8 @@ def test_rerun_resumes_without_retraining(finished_run, monkeypatch, capsys):
 def test_report_merges_and_plots(finished_run, tmp_path):
     assert cli.main(["report", str(finished_run), "--out", str(tmp_path)]) == 0
     assert "fcn-small" in (tmp_path / "report.md").read_text()
-    assert (tmp_path / "accuracy_vs_latency.png").stat().st_size > 1000
-    assert (tmp_path / "accuracy_vs_latency.svg").is_file()
+    assert (tmp_path / "accuracy_vs_cost.png").stat().st_size > 1000
+    assert (tmp_path / "accuracy_vs_cost.svg").is_file()
 
 
 def error_line(capsys, after_progress_bars=False):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from segbench import results, store
-from segbench.report import pareto_front
+from segbench.plots import pareto_front
 
 STUDY = {"dataset": "phantom", "device": "cpu", "profile": {"name": "smoke", "epochs": 1}}
 SHARED = {"study": STUDY, "dataset": {"name": "phantom"},
