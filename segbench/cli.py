@@ -21,6 +21,7 @@ from segbench.config import (
     COMPILE_MODES,
     DTYPES,
     PROFILES,
+    RECIPES,
     Mode,
     RunConfig,
     UsageError,
@@ -32,7 +33,10 @@ examples:
   segbench list                                  architectures, variants, params, GFLOPs
   segbench run --arch all                        every architecture, built-in brain MRI
   segbench run --arch unet,swin --profile smoke  two architectures in seconds
-  segbench run --arch fcn,unet --seeds 0,1,2     three trainings of each, one row per seed
+  segbench run --arch fcn,unet --seeds 0,1,2     three trainings of each, one row per seed;
+                                                 summary.md: means, sds, CIs, ranks with ties
+  segbench run --arch fcn,unet --seeds 0,1 --folds 5
+                                                 5-fold cross-validation, two seeds per fold
   segbench run --arch deeplabv3plus --kernels both --device cuda
                                                  torch and Triton rows on the same weights
   segbench run --arch all --seeds 0,1,2 --workers 4
@@ -41,7 +45,7 @@ examples:
                                                  eager and compiled rows of one training
   segbench measure runs/cpu_cpu_brain-tissue_96px_s0 --batch-sweep 1,2,4,8
                                                  re-time saved weights, no training
-  segbench report runs/a runs/b                  one table and an accuracy-latency plot
+  segbench report runs/a runs/b                  one table, accuracy-cost plots, curves
   segbench data check brain-tissue               validate a dataset and summarise it
 """
 
@@ -80,14 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    listing = commands.add_parser("list", help="architectures and variants with params and GFLOPs")
+    listing = commands.add_parser(
+        "list", help="architectures and variants with params and GFLOPs",
+        description="Every registered variant with its params and GFLOPs. The defaults read "
+        "the committed table (instant); other channels, classes or input sizes build each "
+        "model to count it (with progress) and cache the counts, keyed by the model code.")
     listing.add_argument("--models", help="comma-separated names (default: every variant)")
     listing.add_argument("--in-channels", type=int, default=1, help="default 1 (MRI)")
     listing.add_argument("--num-classes", type=int, default=4, help="default 4 (brain-tissue)")
     listing.add_argument("--input-size", help="H or HxW for the FLOP count (default: each "
                          "paper's input size), e.g. 512x2048")
+    listing.add_argument("--count", action="store_true",
+                         help="count the models whose table entry is older than today's model "
+                         "code instead of showing that entry (minutes; cached)")
     listing.add_argument("--no-flops", action="store_true",
-                         help="skip the FLOP count (it builds every paper-size model)")
+                         help="never count FLOPs: params only for the models without a "
+                         "stored count")
 
     run = commands.add_parser(
         "run", help="train, evaluate and measure architectures; writes CSV, markdown and JSON",
@@ -121,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--split-seed", type=int,
                      help="one seed for the data split of every row (default: each row's "
                      "training seed also draws its split)")
+    run.add_argument("--recipe", choices=RECIPES, default=RunConfig.recipe,
+                     help="family (default): each architecture family's optimizer, lr, weight "
+                     "decay and schedule from its paper, with a linear warm-up; shared: one "
+                     "AdamW recipe for every architecture (the profile's lr), for ablations")
+    run.add_argument("--lr-sweep", action="store_true",
+                     help="train each model at 0.1x, 1x and 10x its recipe's lr for the same "
+                     "steps and keep the best on the validation split (3x the training time); "
+                     "rows record the lr picked and what each tried scored")
     run.add_argument("--image-size", type=int, help="override the profile's image size")
     run.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     run.add_argument("--threads", type=int, default=2,
@@ -162,10 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--out", type=Path,
                          help="run folder for the rows (default: the folder itself)")
 
-    report = commands.add_parser("report", help="merge run folders into one table and a plot")
+    report = commands.add_parser("report", help="merge run folders into one table and plots")
     report.add_argument("folders", nargs="+", type=Path)
     report.add_argument("--out", type=Path, help="where to write report.md and the plots "
                         "(default: the first folder)")
+    report.add_argument("--cost", choices=["latency", "gflops", "params", "memory"],
+                        help="the one cost axis of the accuracy-vs-cost plot (default: a "
+                        "panel for each of the four)")
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
@@ -263,7 +286,8 @@ def _slug(dataset: str) -> str:
 
 
 def default_out(cfg: RunConfig) -> Path:
-    """runs/<profile>_<device>_<dataset>_<size>px[_<epochs>ep]_s<seeds>[_<K>fold][_split<N>]:
+    """runs/<profile>_<device>_<dataset>_<size>px[_<epochs>ep]_s<seeds>[_<K>fold][_split<N>]
+    [_shared][_lrsweep]:
     everything that tells one study from another, so the same command finds its folder."""
     profile = cfg.profile
     parts = [profile.name, cfg.device, _slug(cfg.dataset), f"{profile.image_size}px"]
@@ -276,6 +300,8 @@ def default_out(cfg: RunConfig) -> Path:
         parts.append(f"split{cfg.split_seed}")
     if cfg.recipe != RunConfig.recipe:
         parts.append(cfg.recipe)
+    if cfg.lr_sweep:
+        parts.append("lrsweep")
     return Path("runs") / "_".join(parts)
 
 
@@ -318,7 +344,8 @@ def run_config(args) -> RunConfig:
     cfg = RunConfig(archs=resolve_arch_names(names), dataset=args.dataset, profile=profile,
                     device=device, kernels=args.kernels, out_dir=Path("."),
                     seeds=parse_seeds(args.seeds), folds=args.folds or 1,
-                    split_seed=args.split_seed, modes=parse_modes(args), threads=args.threads,
+                    split_seed=args.split_seed, recipe=args.recipe, lr_sweep=args.lr_sweep,
+                    modes=parse_modes(args), threads=args.threads,
                     batch_sweep=parse_batch_sweep(args.batch_sweep),
                     save_weights=args.save_weights, pretrained=args.pretrained,
                     force=args.force)
@@ -343,22 +370,25 @@ def _outcome(record) -> str:
 
 
 def _report_rows(records, out: Path, again: str) -> int:
-    """Print each row as it is written; the sweep plot at the end; Ctrl-C keeps the rows."""
+    """Print each row as it is written; the folder's figures at the end, with their paths;
+    Ctrl-C keeps the rows."""
     from tqdm.auto import tqdm
 
-    from segbench.report import plot_throughput_vs_batch
+    from segbench.plots import draw_folder
 
     try:
         for record in records:
+            fold = f" fold {record.fold + 1}/{record.folds}" if record.folds > 1 else ""
             tqdm.write(f"  {record.variant} [{record.kernels}, {record.mode}] seed "
-                       f"{record.seed}: {_outcome(record)}")
+                       f"{record.seed}{fold}: {_outcome(record)}")
     except (KeyboardInterrupt, Terminated) as e:
         name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
         print(f"\nsegbench: stopped by {name}; finished rows are kept in {out}; {again}",
               file=sys.stderr)
         return SIGNAL_EXIT[name]
-    plot_throughput_vs_batch([out], out)
-    print(f"segbench: results in {out}/results.md")
+    figures = ", ".join(map(str, draw_folder(out))) or "none (no finished rows)"
+    print(f"segbench: results in {out}/results.md, summary in {out}/summary.md; plots: "
+          f"{figures}")
     return 0
 
 
@@ -433,7 +463,7 @@ def parse_input_size(text: str | None) -> tuple[int, int] | None:
 
 
 def command_list(args) -> int:
-    from segbench.report import model_listing
+    from segbench.listing import model_listing
 
     if args.in_channels < 1:
         raise UsageError(f"--in-channels must be at least 1, got {args.in_channels}")
@@ -441,15 +471,16 @@ def command_list(args) -> int:
         raise UsageError(f"--num-classes must be at least 2, got {args.num_classes}")
     names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
     print(model_listing(names, args.in_channels, args.num_classes,
-                        parse_input_size(args.input_size), with_flops=not args.no_flops))
+                        parse_input_size(args.input_size), with_flops=not args.no_flops,
+                        recount=args.count))
     return 0
 
 
 def command_report(args) -> int:
     from segbench.report import write_report
 
-    out = write_report(args.folders, args.out)
-    print(f"segbench: report in {out}")
+    out, figures = write_report(args.folders, args.out, args.cost)
+    print(f"segbench: report in {out}; plots: {', '.join(map(str, figures)) or 'none'}")
     return 0
 
 

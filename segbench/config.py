@@ -64,7 +64,9 @@ def default_profile(device: str) -> Profile:
 
 COMPILE_MODES = ("none", "default", "max-autotune")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
-RECIPES = ("shared",)  # "family" arrives with segbench.recipes
+# "family": each architecture family's recipe from its paper (segbench.recipes, the default);
+# "shared": one recipe for every architecture (the profile's AdamW lr and weight decay)
+RECIPES = ("family", "shared")
 BATCH_SWEEP_RULE = "increasing positive integers such as 1,2,4,8"
 
 
@@ -121,7 +123,8 @@ class RunConfig:
     seeds: tuple[int, ...] = (0,)  # one training per seed
     folds: int = 1  # 1: the dataset's train/val/test split; K: K-fold cross-validation
     split_seed: int | None = None  # None: each row's training seed also draws its split
-    recipe: str = "shared"  # "shared": the profile's lr and weight decay for every model
+    recipe: str = "family"  # one of RECIPES
+    lr_sweep: bool = False  # pick each training's lr among 3 on the validation split
     modes: tuple[Mode, ...] = (Mode(),)
     threads: int = 2  # CPU threads for training and every measurement
     batch_sweep: tuple[int, ...] = ()  # inference batches timed per row, increasing, until OOM
@@ -142,8 +145,7 @@ class RunConfig:
         for mode in self.modes:
             mode.check_device(self.device)
         if self.recipe not in RECIPES:
-            raise UsageError(f"recipe must be one of {', '.join(RECIPES)} in this version, "
-                             f"got {self.recipe!r}")
+            raise UsageError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
 
     def split_seed_for(self, seed: int) -> int:
         return seed if self.split_seed is None else self.split_seed

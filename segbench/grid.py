@@ -111,15 +111,24 @@ def build_grid(cfg: RunConfig) -> list[Unit]:
             for seed in cfg.seeds for fold in range(cfg.folds) for spec in specs]
 
 
+def lr_sweep_label(cfg: RunConfig) -> str:
+    """The row key's lr_sweep: "" without a sweep, else the lr factors tried, e.g. "0.1,1,10"."""
+    if not cfg.lr_sweep:
+        return ""
+    from segbench.train import LR_SWEEP_FACTORS
+
+    return ",".join(f"{factor:g}" for factor in LR_SWEEP_FACTORS)
+
+
 def base_record(cfg: RunConfig, unit: Unit, row: Row) -> Record:
     """A row's identity: every field of its key, nothing measured yet."""
     return Record(
         arch=unit.arch, variant=unit.variant, kernels=row.kernels, dataset=cfg.dataset,
         image_size=cfg.profile.image_size, device=cfg.device, profile=cfg.profile.name,
-        epochs=cfg.profile.epochs, recipe=cfg.recipe, seed=unit.seed,
-        split_seed=unit.split_seed, fold=unit.fold, folds=unit.folds, mode=row.mode.label,
-        threads=cfg.threads, train_kernels=unit.train_kernels, pretrained=cfg.pretrained or "",
-        train_batch=cfg.profile.batch_size,
+        epochs=cfg.profile.epochs, recipe=cfg.recipe, lr_sweep=lr_sweep_label(cfg),
+        seed=unit.seed, split_seed=unit.split_seed, fold=unit.fold, folds=unit.folds,
+        mode=row.mode.label, threads=cfg.threads, train_kernels=unit.train_kernels,
+        pretrained=cfg.pretrained or "", train_batch=cfg.profile.batch_size,
     )
 
 

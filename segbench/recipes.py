@@ -24,9 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from segbench.config import Profile
+from segbench.config import RECIPES, Profile
 
-RECIPES = ("family", "shared")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "poly")
 WARMUP_FRACTION = 0.05

@@ -34,7 +34,8 @@ class Record:
     device: str
     profile: str
     epochs: int = 0
-    recipe: str = "shared"
+    recipe: str = "family"  # "family" | "shared" (segbench.recipes)
+    lr_sweep: str = ""  # "": the recipe's lr; else the lr factors tried, e.g. "0.1,1,10"
     seed: int = 0
     split_seed: int = 0
     fold: int = 0
@@ -62,6 +63,7 @@ class Record:
     hd95_mm: float = math.nan
     asd_mm: float = math.nan
     majority_baseline_mdice: float = math.nan
+    pixel_prior_baseline_mdice: float = math.nan  # the training split's likeliest class per pixel
     agrees_with_torch: float = math.nan  # fraction of test pixels labelled as the torch row
     latency_ms: float = math.nan
     latency_p95_ms: float = math.nan
@@ -73,6 +75,15 @@ class Record:
     train_batch: int = 0
     train_time_s: float = math.nan
     best_epoch: int = 0
+    best_val_mdice: float = math.nan
+    converged: bool | None = None  # segbench.train.converged of the history; None: not trained
+    # the recipe trained with: its family, optimizer, lr (the pick with --lr-sweep), decay
+    recipe_name: str = ""
+    optimizer: str = ""
+    lr: float = math.nan
+    weight_decay: float = math.nan
+    recipe_description: str = ""
+    lr_tried: str = ""  # with --lr-sweep: "lr:best val mDice" per lr tried, or lr:diverged
     extra: dict = field(default_factory=dict)  # columns added by later measurements
     tables: dict = field(default_factory=dict)  # name -> list of dicts, e.g. history per epoch
 
@@ -98,8 +109,8 @@ class Record:
 
 
 KEY_FIELDS = ("arch", "variant", "kernels", "dataset", "image_size", "device", "profile",
-              "epochs", "recipe", "seed", "split_seed", "fold", "folds", "mode", "threads",
-              "train_kernels", "pretrained")
+              "epochs", "recipe", "lr_sweep", "seed", "split_seed", "fold", "folds", "mode",
+              "threads", "train_kernels", "pretrained")
 COLUMN_FIELDS = tuple(f.name for f in fields(Record) if f.name not in ("extra", "tables"))
 # a row counts as finished only when these are present and finite (or it failed for good)
 REQUIRED_COLUMNS = ("params_m", "gflops", "miou", "mdice", "pixel_accuracy", "latency_ms",
@@ -220,7 +231,7 @@ def read_manifest(folder: Path) -> dict | None:
 MARKDOWN_COLUMNS = [
     ("arch", "arch"), ("variant", "variant"), ("kernels", "kernels"), ("status", "status"),
     ("params_m", "params (M)"), ("gflops", "GFLOPs"), ("mdice", "mDice"), ("miou", "mIoU"),
-    ("hd95_px", "HD95 px"), ("nsd", "NSD"),
+    ("hd95_px", "HD95 px"), ("hd95_mm", "HD95 mm"), ("nsd", "NSD"),
     ("latency_ms", "latency ms (p50)"), ("latency_p95_ms", "p95 ms"),
     ("throughput_img_s", "img/s"), ("throughput_batch", "@batch"),
     ("peak_mem_mb", "infer MB"), ("train_peak_mem_mb", "train MB"),
@@ -232,10 +243,15 @@ UNSTABLE_MARK = "†"
 # key columns shown in results.md only when the rows differ in them
 VARYING_COLUMNS = [("seed", "seed"), ("split_seed", "split seed"), ("fold", "fold"),
                    ("mode", "mode"), ("threads", "threads"), ("train_kernels", "trained with"),
-                   ("recipe", "recipe"), ("epochs", "epochs"), ("pretrained", "pretrained")]
+                   ("recipe", "recipe"), ("lr_sweep", "lr sweep"), ("epochs", "epochs"),
+                   ("pretrained", "pretrained")]
+LR_COLUMN = ("lr", "lr")  # shown when some row picked its lr by a sweep
+NOT_CONVERGED_MARK = "‡"
+NOT_CONVERGED_RULE = ("best val epoch in the last 20% of the epochs and val mDice up by more "
+                      "than 0.005 over the last quarter (segbench.train.converged)")
 
 
-def _cell(value) -> str:
+def cell(value) -> str:
     if value in ("", None):
         return "–"
     try:
@@ -252,7 +268,7 @@ def _cell(value) -> str:
 def markdown_table(rows: list[dict], columns=MARKDOWN_COLUMNS) -> str:
     head = "| " + " | ".join(title for _, title in columns) + " |"
     rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(_cell(row.get(key)) for key, _ in columns) + " |" for row in rows]
+    body = ["| " + " | ".join(cell(row.get(key)) for key, _ in columns) + " |" for row in rows]
     return "\n".join([head, rule, *body])
 
 
@@ -266,6 +282,27 @@ def _start_line(number: int, start: dict) -> str:
     return (f"- run start {number} ({env['started_utc']}, git {commit}, torch {env['torch']}, "
             f"triton {env['triton']}): seeds {seeds}{split}{folds}; kernels {cfg['kernels']}; "
             f"CPU threads: {cfg['threads']}{modes}")
+
+
+def recipe_lines(manifest: dict) -> list[str]:
+    """The recipes the starts trained with, architectures with one recipe named together."""
+    lines = []
+    for start in manifest["starts"]:
+        recipes = start.get("recipes")
+        if not recipes:  # a start of a segbench before recipes: its rows say "shared"
+            continue
+        by_description: dict[str, list[str]] = {}
+        for arch, recipe in recipes.items():
+            by_description.setdefault(recipe["description"], []).append(arch)
+        sweep = (" and --lr-sweep (each row's lr: the pick on the validation split among 0.1x, "
+                 "1x, 10x the lr below; lr_tried: what each scored)"
+                 if start["config"].get("lr_sweep") else "")
+        body = "; ".join(f"{', '.join(archs)}: {description}"
+                         for description, archs in by_description.items())
+        line = f"- recipe {start['config']['recipe']}{sweep}: {body}"
+        if line not in lines:
+            lines.append(line)
+    return lines
 
 
 def _dtype_line(rows: list[dict]) -> str:
@@ -303,6 +340,7 @@ def method_lines(manifest: dict, rows: list[dict] = ()) -> list[str]:
         f"- profile: {profile['name']} ({profile['description']}); dataset {study['dataset']} at "
         f"{profile['image_size']} px, epochs {profile['epochs']}",
         *[_start_line(i, start) for i, start in enumerate(manifest["starts"], 1)],
+        *recipe_lines(manifest),
         _dtype_line(list(rows)),
         f"- FLOPs: {FLOP_CONVENTION}, one forward at {profile['image_size']} px",
         *_speed_lines(profile, method),
@@ -312,15 +350,64 @@ def method_lines(manifest: dict, rows: list[dict] = ()) -> list[str]:
     ]
 
 
+def is_not_converged(row: dict) -> bool:
+    return str(row.get("converged")).lower() == "false"
+
+
+def mark_not_converged(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Rows that had not converged get their mDice cell marked; and the line that says what
+    the mark means, to go under the table ([] when no row is marked)."""
+    marked = [{**row, "mdice": f"{cell(row.get('mdice'))} {NOT_CONVERGED_MARK}"}
+              if is_not_converged(row) else row for row in rows]
+    if marked == rows:
+        return rows, []
+    return marked, [f"{NOT_CONVERGED_MARK} not converged: {NOT_CONVERGED_RULE}; more epochs "
+                    "could change its score.", ""]
+
+
+def _baseline_range(rows: list[dict], column: str) -> str | None:
+    """'0.412 on this test split' or '0.398 to 0.431 across the test splits'; None when no
+    row has it."""
+    values = sorted({round(float(r[column]), 3) for r in rows if _finite(r.get(column))})
+    if not values:
+        return None
+    if len(values) == 1:
+        return f"{values[0]:.3f} on this test split"
+    return f"{values[0]:.3f} to {values[-1]:.3f} across the test splits"
+
+
+def baseline_lines(rows: list[dict]) -> list[str]:
+    prior = _baseline_range(rows, "pixel_prior_baseline_mdice")
+    majority = _baseline_range(rows, "majority_baseline_mdice")
+    lines = []
+    if prior:
+        lines.append(f"Baseline: predicting the training split's most frequent class at each "
+                     f"pixel scores mDice {prior}.")
+    if majority:
+        lines.append(f"Majority-class baseline (the training split's most frequent class "
+                     f"everywhere): mDice {majority}.")
+    return [*lines, ""] if lines else []
+
+
+def _failure_line(row: dict) -> str:
+    fold = f", fold {row['fold']}" if str(row.get("folds", "1")) not in ("", "1") else ""
+    return (f"- {row['variant']} ({row['kernels']}, seed {row['seed']}{fold}): "
+            f"{row['status']}: {row.get('reason', '')}")
+
+
+def is_timing_unstable(row: dict) -> bool:
+    return str(row.get("timing_unstable")).lower() == "true"
+
+
 def mark_unstable_timing(rows: list[dict]) -> tuple[list[dict], list[str]]:
     """Rows whose timing was flagged get their speed cells marked; and the lines that say why,
     to go under the table ([] when none is flagged)."""
     marked, reasons = [], []
     for row in rows:
-        if str(row.get("timing_unstable")).lower() != "true":
+        if not is_timing_unstable(row):
             marked.append(row)
             continue
-        marked.append({**row, **{key: f"{_cell(row.get(key))} {UNSTABLE_MARK}"
+        marked.append({**row, **{key: f"{cell(row.get(key))} {UNSTABLE_MARK}"
                                  for key in ("latency_ms", "throughput_img_s", "train_img_s")}})
         reasons.append(f"- {row['variant']} ({row['kernels']}, {row['mode']}, seed "
                        f"{row['seed']}): {row.get('timing_reason', '')}")
@@ -333,22 +420,18 @@ def mark_unstable_timing(rows: list[dict]) -> tuple[list[dict], list[str]]:
 def markdown_text(title: str, rows: list[dict], manifest: dict) -> str:
     varying = [(key, name) for key, name in VARYING_COLUMNS
                if len({str(row.get(key)) for row in rows}) > 1]
+    varying += [LR_COLUMN] * any(row.get("lr_sweep") for row in rows)
     optional = [(key, name) for key, name in OPTIONAL_COLUMNS
                 if any(_finite(row.get(key)) for row in rows)]
     columns = MARKDOWN_COLUMNS[:3] + varying + MARKDOWN_COLUMNS[3:] + optional
-    marked, flagged = mark_unstable_timing(rows)
+    marked, not_converged = mark_not_converged(rows)
+    marked, flagged = mark_unstable_timing(marked)
     lines = [f"# segbench results: {title}", "", *method_lines(manifest, rows), "",
-             markdown_table(marked, columns), "", *flagged]
-    baselines = sorted({round(float(r["majority_baseline_mdice"]), 3) for r in rows
-                        if _finite(r.get("majority_baseline_mdice"))})
-    if baselines:
-        spread = "" if len(baselines) == 1 else f" to {baselines[-1]:.3f} across the splits"
-        lines += [f"Majority-class baseline on the test split: mDice {baselines[0]:.3f}{spread}.",
-                  ""]
+             markdown_table(marked, columns), "", *not_converged, *flagged,
+             *baseline_lines(rows)]
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
-        lines += ["Failures:", *[f"- {r['variant']} ({r['kernels']}, seed {r['seed']}): "
-                                 f"{r['status']}: {r.get('reason', '')}" for r in failed], ""]
+        lines += ["Failures:", *map(_failure_line, failed), ""]
     return "\n".join(lines)
 
 

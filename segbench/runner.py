@@ -25,12 +25,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from segbench import results, weights
-from segbench.config import RunConfig, UsageError
-from segbench.data import PreparedDataset, load_dataset
+from segbench.config import RunConfig
+from segbench.data import PreparedDataset, Split, load_dataset, validate_folds
 from segbench.errors import TrainingDiverged
 from segbench.grid import Unit, base_record, build_grid, resolve_variants, row_count, rows_for
 from segbench.layers import set_kernels
-from segbench.measure.accuracy import accuracy, majority_baseline
+from segbench.measure.accuracy import (
+    accuracy,
+    case_scores,
+    majority_baseline,
+    pixel_prior,
+    pixel_prior_baseline,
+)
 from segbench.measure.boundary import boundary_metrics
 from segbench.measure.conditions import pinned_cores
 from segbench.measure.context import MeasureContext, MeasureInputs
@@ -50,8 +56,9 @@ from segbench.measure.timing import method_description, row_verdict
 from segbench.measure.training_speed import training_speed
 from segbench.models import create_model
 from segbench.preflight import check_dataset_memory, check_models
+from segbench.recipes import Recipe, recipe_for
 from segbench.store import RunFolder, check_folder, finished_keys, open_run_folder
-from segbench.train import fit
+from segbench.train import TrainResult, converged, fit, lr_sweep
 
 NSD_TOLERANCE_PX = 1.0
 COST_MEASUREMENTS = (latency, throughput, inference_memory, training_memory, training_speed,
@@ -70,7 +77,7 @@ class UnitContext:
 class Trained:
     """What training a unit gives its rows: the best weights and the facts every row shares."""
 
-    facts: dict  # columns: params, FLOPs, train time, best epoch, baseline
+    facts: dict  # columns: params, FLOPs, recipe, train time, best epoch, baselines
     state: dict | None  # the best epoch's state_dict on the CPU; None when training failed
     history: list[dict] = field(default_factory=list)  # one dict per epoch
     status: str = "ok"
@@ -84,11 +91,19 @@ def study_of(cfg: RunConfig) -> dict:
 
 def load_unit_data(cfg: RunConfig, unit: Unit, image_size: int | None = None) -> PreparedDataset:
     """The one call that prepares a unit's data (its split seed and fold)."""
-    if unit.folds > 1:
-        raise UsageError("--folds needs K-fold splits from segbench.data, which this version "
-                         "lacks")
     return load_dataset(cfg.dataset, image_size or cfg.profile.image_size, unit.split_seed,
-                        cfg.cache_dir)
+                        cfg.cache_dir, folds=unit.folds, fold=unit.fold)
+
+
+def check_folds(cfg: RunConfig, units: list[Unit]) -> None:
+    """Prepare every fold of every split seed the units need, so that folds the data cannot
+    honour (more folds than cases, a fold without some class) fail in one line before
+    anything is trained or written."""
+    if cfg.folds == 1:
+        return
+    for split_seed in dict.fromkeys(unit.split_seed for unit in units):
+        validate_folds(cfg.dataset, cfg.profile.image_size, split_seed, cfg.folds,
+                       cfg.cache_dir)
 
 
 class SplitData:
@@ -122,28 +137,76 @@ def _release_device_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def unit_recipe(cfg: RunConfig, unit: Unit) -> Recipe:
+    return recipe_for(unit.arch, cfg.recipe, cfg.profile)
+
+
+def recipe_facts(recipe: dict) -> dict:
+    """The row's recipe columns from `Recipe.to_json()`."""
+    return {"recipe_name": recipe["name"], "optimizer": recipe["optimizer"], "lr": recipe["lr"],
+            "weight_decay": recipe["weight_decay"], "recipe_description": recipe["description"]}
+
+
+def baseline_facts(data: PreparedDataset) -> dict:
+    """What the two baselines score on the test split."""
+    train, test, classes = data.splits["train"], data.splits["test"], data.num_classes
+    return {"majority_baseline_mdice": majority_baseline(train, test, classes)["mdice"],
+            "pixel_prior_baseline_mdice": pixel_prior_baseline(train, test, classes)["mdice"]}
+
+
+def baseline_cases(data: PreparedDataset) -> list[dict]:
+    """The pixel prior's scores per test case (for the summary's baseline interval)."""
+    train, test, classes = data.splits["train"], data.splits["test"], data.num_classes
+    prior = pixel_prior(train, classes).expand_as(test.masks)
+    return case_scores(prior, test, classes, NSD_TOLERANCE_PX)
+
+
+def _new_model(unit: Unit, cfg: RunConfig, data: PreparedDataset) -> nn.Module:
+    """The unit's model, freshly initialised from its seed, with its training backend."""
+    torch.manual_seed(unit.seed)
+    model = create_model(unit.variant, data.num_classes, data.in_channels,
+                         pretrained=cfg.pretrained)
+    return set_kernels(model, unit.train_kernels).to(torch.device(cfg.device))
+
+
+def _train(model: nn.Module, unit: Unit, ctx: UnitContext,
+           recipe: Recipe) -> tuple[nn.Module, TrainResult, dict]:
+    """Train with the recipe, or with --lr-sweep pick its lr among LR_SWEEP_FACTORS x lr on
+    the validation split (a fresh model from the unit's seed for each); returns the trained
+    model, its result and what the sweep tried."""
+    cfg, data = ctx.cfg, ctx.data
+    device = torch.device(cfg.device)
+    if not cfg.lr_sweep:
+        return model, fit(model, data, cfg.profile, device, unit.seed, desc=unit.label,
+                          recipe=recipe), {}
+    sweep = lr_sweep(lambda: _new_model(unit, cfg, data), data, cfg.profile, device,
+                     unit.seed, recipe, desc=unit.label)
+    tried = " ".join(f"{t['lr']:g}:{t['best_val_mdice']:.4f}" if t["status"] == "ok"
+                     else f"{t['lr']:g}:{t['status']}" for t in sweep.tried)
+    return sweep.model, sweep.result, {"lr_tried": tried}
+
+
 def train_unit(unit: Unit, ctx: UnitContext) -> Trained:
-    """Count the model's FLOPs, train it, and return its best weights and facts."""
+    """Count the model's FLOPs, train it with its recipe, and return its best weights and
+    facts."""
     cfg, data = ctx.cfg, ctx.data
     device = torch.device(cfg.device)
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(unit.seed)
-    facts: dict = {}
+    recipe = unit_recipe(cfg, unit)
+    facts = {**baseline_facts(data), **recipe_facts(recipe.to_json())}
     try:
-        model = create_model(unit.variant, data.num_classes, data.in_channels,
-                             pretrained=cfg.pretrained)
-        model = set_kernels(model, unit.train_kernels).to(device)
+        model = _new_model(unit, cfg, data)
         image_shape = (data.in_channels, cfg.profile.image_size, cfg.profile.image_size)
         flops = count_flops(model, torch.randn(1, *image_shape, device=device))
-        facts = {"params_m": count_params(model) / 1e6, "gflops": flops["gflops"],
-                 "flops_uncounted_ops": flops["flops_uncounted_ops"]}
-        outcome = fit(model, data, cfg.profile, device, unit.seed, desc=unit.label)
+        facts.update(params_m=count_params(model) / 1e6, gflops=flops["gflops"],
+                     flops_uncounted_ops=flops["flops_uncounted_ops"])
+        model, outcome, sweep = _train(model, unit, ctx, recipe)
     except Exception as e:  # noqa: BLE001  (any failure becomes the unit's rows; the run goes on)
         _release_device_memory(device)
         return Trained(facts, None, status=failure_status(e), reason=_reason(e))
-    baseline = majority_baseline(data.splits["train"], data.splits["test"], data.num_classes)
     facts.update(train_time_s=outcome.train_time_s, best_epoch=outcome.best_epoch,
-                 majority_baseline_mdice=baseline["mdice"])
+                 best_val_mdice=outcome.best_val_mdice, converged=converged(outcome.history),
+                 **recipe_facts(outcome.recipe), **sweep)
     state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     return Trained(facts, state, outcome.history)
 
@@ -153,9 +216,10 @@ def measure_unit(unit: Unit, trained: Trained, ctx: UnitContext) -> list[results
     kernels backend (switched in place) and deployment mode."""
     cfg, data = ctx.cfg, ctx.data
     records = [base_record(cfg, unit, row) for row in unit.rows]
+    prior_cases = baseline_cases(data)
     for record in records:
         record.update(trained.facts)
-        record.tables["history"] = trained.history
+        record.tables.update(history=trained.history, baseline_cases=prior_cases)
     if trained.state is None:
         for record in records:
             record.failed(trained.status, trained.reason)
@@ -165,7 +229,7 @@ def measure_unit(unit: Unit, trained: Trained, ctx: UnitContext) -> list[results
     model = create_model(unit.variant, data.num_classes, data.in_channels)
     model.load_state_dict(trained.state)
     model.to(device)
-    inputs = measure_inputs(data, cfg)
+    inputs = measure_inputs(data, cfg, unit_recipe(cfg, unit))
     torch_labels: dict[str, torch.Tensor] = {}  # per mode: the torch row's test labels
     for record, row in zip(records, unit.rows, strict=True):
         mctx = MeasureContext.build(device, row.mode, cfg.profile, row.kernels, cfg.threads,
@@ -173,7 +237,7 @@ def measure_unit(unit: Unit, trained: Trained, ctx: UnitContext) -> list[results
         record.dtype = mctx.dtype_description
         try:
             set_kernels(model, row.kernels)
-            columns, tables, labels = measure_row(model, inputs, mctx, data,
+            columns, tables, labels = measure_row(model, inputs, mctx,
                                                   torch_labels.get(row.mode.label))
         except Exception as e:  # noqa: BLE001  (a mode the model cannot take is a row too)
             _release_device_memory(device)
@@ -216,20 +280,20 @@ def measure_placed(unit: Unit, trained: Trained, ctx: UnitContext,
     return records
 
 
-def measure_inputs(data: PreparedDataset, cfg: RunConfig) -> MeasureInputs:
+def measure_inputs(data: PreparedDataset, cfg: RunConfig, recipe: Recipe) -> MeasureInputs:
     train, batch = data.splits["train"], cfg.profile.batch_size
     return MeasureInputs(
         image_shape=(data.in_channels, cfg.profile.image_size, cfg.profile.image_size),
         test=data.splits["test"], train_images=train.images[:batch],
-        train_masks=train.masks[:batch], num_classes=data.num_classes)
+        train_masks=train.masks[:batch], num_classes=data.num_classes, recipe=recipe)
 
 
 def measure_row(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext,
-                data: PreparedDataset, torch_labels: torch.Tensor | None,
+                torch_labels: torch.Tensor | None,
                 ) -> tuple[dict, dict[str, list[dict]], torch.Tensor]:
-    """The row's columns and tables (timing, sweep), and its test labels (the reference for
-    the triton row), with the model deployed in the row's mode. The cost measurements run
-    with this process's threads pinned to fixed cores."""
+    """The row's columns and tables (scores per test case, timing, sweep), and its test
+    labels (the reference for the triton row), with the model deployed in the row's mode.
+    The cost measurements run with this process's threads pinned to fixed cores."""
     with deployed(model, ctx) as deployed_model:
         scores, labels = accuracy(deployed_model, inputs.test, inputs.num_classes, ctx)
         columns = {
@@ -237,11 +301,12 @@ def measure_row(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext,
             "pixel_accuracy": scores["pixel_accuracy"],
             "iou_per_class": " ".join(map(str, scores["iou_per_class"])),
             "dice_per_class": " ".join(map(str, scores["dice_per_class"])),
-            **boundary_columns(labels, inputs.test.masks, data),
+            **boundary_columns(labels, inputs.test, inputs.num_classes),
         }
         if torch_labels is not None and ctx.kernels != "torch":
             columns["agrees_with_torch"] = float((labels == torch_labels).float().mean())
-        tables: dict[str, list[dict]] = {}
+        tables = {"cases": case_scores(labels, inputs.test, inputs.num_classes,
+                                       NSD_TOLERANCE_PX)}
         bar = tqdm(COST_MEASUREMENTS, desc=f"measure [{ctx.kernels}, {ctx.mode.label}]",
                    unit="phase", leave=False)
         with pinned_cores(ctx.threads):
@@ -257,8 +322,10 @@ def measure_row(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext,
     return columns, tables, labels
 
 
-def boundary_columns(pred: torch.Tensor, target: torch.Tensor, data: PreparedDataset) -> dict:
-    scores = boundary_metrics(pred, target, data.num_classes, data.spacing_mm, NSD_TOLERANCE_PX)
+def boundary_columns(pred: torch.Tensor, split: Split, num_classes: int) -> dict:
+    """Boundary metrics of the predicted labels against the split's masks, in mm from each
+    slice's own pixel size (dy, dx) where the split knows it."""
+    scores = boundary_metrics(pred, split.masks, num_classes, split.spacing_mm, NSD_TOLERANCE_PX)
     columns = {key: scores[key] for key in ("hd95_px", "asd_px", "nsd", "nsd_tolerance_px")}
     for key in ("hd95_px_per_class", "nsd_per_class"):
         columns[key] = " ".join(f"{v:.4g}" for v in scores[key])
@@ -286,17 +353,22 @@ def shared_manifest(cfg: RunConfig, data: PreparedDataset) -> dict:
                         "mDice average the foreground classes; weights of the best val epoch",
             "boundary": f"per 2D test slice and foreground class: HD95, average symmetric "
                         f"surface distance, normalised surface Dice at {NSD_TOLERANCE_PX} px; "
-                        "one region empty = image diagonal / NSD 0, both empty = skipped "
-                        "(segbench.measure.boundary)",
+                        "one region empty = image diagonal / NSD 0, both empty = skipped; mm "
+                        "from each slice's own pixel size (dy, dx) after resizing, blank where "
+                        "the data has none (segbench.measure.boundary)",
         },
     }
 
 
 def start_manifest(cfg: RunConfig, executor: dict) -> dict:
-    """What run.json says about one start: its configuration, environment and executor."""
+    """What run.json says about one start: its configuration, environment, executor and the
+    recipe of each architecture (before an lr sweep; each row holds the lr it trained with)."""
+    archs = dict.fromkeys(unit.arch for unit in build_grid(cfg))
     return {"config": cfg.to_json(),
             "environment": results.environment(device_facts(torch.device(cfg.device))),
-            "executor": executor}
+            "executor": executor,
+            "recipes": {arch: recipe_for(arch, cfg.recipe, cfg.profile).to_json()
+                        for arch in archs}}
 
 
 class Progress:
@@ -380,6 +452,7 @@ def run(cfg: RunConfig, log: Callable[[str], None] = _print_line,
     if todo:
         first = todo[0]
         check_dataset_memory(cfg, lambda size: load_unit_data(cfg, first, size))
+        check_folds(cfg, todo)
         specs = resolve_variants(tuple(dict.fromkeys(u.variant for u in todo)),
                                  cfg.profile.small_models)
         check_models(specs, data.of(cfg, first), cfg)
@@ -422,9 +495,10 @@ def _first_line(cfg: RunConfig, units: list[Unit], todo: list[Unit], held: list[
     notes_text = f" ({'; '.join(notes)})" if notes else ""
     if left < total:
         return f"segbench: resuming {cfg.out_dir}: {total - left}/{total} rows done{notes_text}"
+    sweep = ", lr sweep" if cfg.lr_sweep else ""
     return (f"segbench: {total} row(s) from {len(units)} training(s), profile "
-            f"{cfg.profile.name}, device {cfg.device}, kernels {cfg.kernels}; writing "
-            f"{cfg.out_dir}{notes_text}")
+            f"{cfg.profile.name}, device {cfg.device}, kernels {cfg.kernels}, recipe "
+            f"{cfg.recipe}{sweep}; writing {cfg.out_dir}{notes_text}")
 
 
 def keep_weights(folder: RunFolder, cfg: RunConfig, unit: Unit, trained: Trained,
@@ -441,6 +515,7 @@ def keep_weights(folder: RunFolder, cfg: RunConfig, unit: Unit, trained: Trained
 
 def _saved_unit_config(cfg: RunConfig, saved: weights.SavedUnit) -> RunConfig:
     return replace(cfg, recipe=saved.identity["recipe"],
+                   lr_sweep=bool(saved.identity.get("lr_sweep")),
                    pretrained=saved.identity["pretrained"] or None)
 
 
@@ -467,7 +542,7 @@ def measure_saved(cfg: RunConfig, source: Path, saved: list[weights.SavedUnit],
         for entry, unit in todo:
             ctx = UnitContext(_saved_unit_config(cfg, entry), data.of(cfg, unit))
             folder.begin(shared_manifest(cfg, ctx.data),
-                         {**start_manifest(cfg, {"name": "in-process"}),
+                         {**start_manifest(ctx.cfg, {"name": "in-process"}),
                           "measured_from": str(source)})
             log(f"segbench: {unit.label} from {entry.name}")
             trained = Trained({**entry.payload["facts"], "weights_file": entry.name},

@@ -4,9 +4,10 @@
 fsynced; a later entry with the same key replaces an earlier one. `run.json` holds what the
 whole folder shares (dataset, device, profile) and one manifest per run start. Everything
 else is derived from those two and regenerated on every start and after every row:
-results.csv, results.md, results.json and one CSV per row table (history.csv, timing.csv,
-sweep.csv). `weights/` holds the trained weights of the folder's trainings (segbench.weights),
-the input of `segbench measure`, written once per training before its rows.
+results.csv, results.md, results.json, summary.csv and summary.md (segbench.summary) and one
+CSV per row table (history.csv, cases.csv, baseline_cases.csv, timing.csv, sweep.csv).
+`weights/` holds the trained weights of the folder's trainings (segbench.weights), the input of
+`segbench measure`, written once per training before its rows.
 
 Crash consistency: derived files and run.json go to a temporary file that is fsynced and
 renamed over the old one (stale temporary files are swept on start); a kill during an append
@@ -29,7 +30,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from segbench import results
+from segbench import results, summary
 from segbench.config import UsageError
 
 JOURNAL, MANIFEST, LOCK, WEIGHTS = "rows.jsonl", "run.json", ".segbench.lock", "weights"
@@ -330,10 +331,14 @@ class RunFolder:
             return
         latest = latest_entries(self.entries)
         rows = [row for row, _ in latest]
+        summary_rows = summary.summarize(latest)
         files = {
             "results.csv": results.csv_text(rows),
             "results.md": results.markdown_text(self.path.name, rows, self.manifest),
             "results.json": results.json_text(rows, self.manifest),
+            "summary.csv": summary.csv_text(summary_rows),
+            "summary.md": summary.markdown_text(self.path.name, summary_rows, self.manifest,
+                                                rows),
         }
         for name in sorted({name for _, tables in latest for name in tables}):
             text = results.table_csv_text(name, latest)

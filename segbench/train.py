@@ -98,16 +98,17 @@ class NonFiniteStep(RuntimeError):
 
 
 def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                    amp: bool, *, grad_clip_norm: float | None = None,
+                    autocast_dtype: torch.dtype | None, *, grad_clip_norm: float | None = None,
                     check_finite: bool = False) -> Callable[[torch.Tensor, torch.Tensor], float]:
     """One optimizer step on a batch, returning its loss. With check_finite, a non-finite
-    loss or gradient norm raises NonFiniteStep before the weights change."""
+    loss or gradient norm raises NonFiniteStep before the weights change. autocast_dtype None
+    trains in plain fp32."""
     parameters = [p for p in model.parameters() if p.requires_grad]
 
     def step(images: torch.Tensor, masks: torch.Tensor) -> float:
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss = model_loss(model, images.to(device), masks.to(device))
         value = float(loss.detach())
         if check_finite and not math.isfinite(value):
@@ -145,14 +146,14 @@ def fit(model: nn.Module, data: PreparedDataset, profile: Profile, device: torch
     generator = torch.Generator().manual_seed(seed)
     augment = Augmenter(AugmentConfig.default() if profile.augment else AugmentConfig.off())
     augment_generator = torch.Generator(device=device).manual_seed(seed)
-    amp = device.type == "cuda"
+    autocast_dtype = MeasureContext.build(device, Mode(), profile).autocast_dtype
     optimizer = make_optimizer(model, profile, recipe)
     train = data.splits["train"]
     steps_per_epoch = -(-len(train) // profile.batch_size)
     total_steps = profile.epochs * steps_per_epoch
     schedule = make_schedule(optimizer, recipe, total_steps)
-    step = make_train_step(model, optimizer, device, amp, grad_clip_norm=recipe.grad_clip_norm,
-                           check_finite=True)
+    step = make_train_step(model, optimizer, device, autocast_dtype,
+                           grad_clip_norm=recipe.grad_clip_norm, check_finite=True)
     best_state, best_mdice, best_epoch, history = None, -1.0, 0, []
     start = time.perf_counter()
     bar = tqdm(range(profile.epochs), desc=desc, unit="epoch", leave=False)

@@ -39,7 +39,7 @@ def should_save(cfg: RunConfig, state: dict) -> bool:
 
 
 IDENTITY_FIELDS = ("arch", "variant", "seed", "split_seed", "fold", "folds", "train_kernels",
-                   "recipe", "pretrained", "threads")
+                   "recipe", "lr_sweep", "pretrained", "threads")
 
 
 def identity(record: Record) -> dict:

@@ -104,10 +104,10 @@ def test_a_mode_the_model_cannot_take_is_a_row_with_its_reason(run_copy, monkeyp
     real = runner.measure_row
 
     @functools.wraps(real)
-    def refuses_channels_last(model, inputs, ctx, data, torch_labels):
+    def refuses_channels_last(model, inputs, ctx, torch_labels):
         if ctx.mode.channels_last:
             raise RuntimeError("channels-last is not for this model")
-        return real(model, inputs, ctx, data, torch_labels)
+        return real(model, inputs, ctx, torch_labels)
 
     monkeypatch.setattr(runner, "measure_row", refuses_channels_last)
     assert cli.main(["measure", str(run_copy), "--channels-last"]) == 0

@@ -13,15 +13,12 @@ import sys
 import time
 
 import pytest
+from machine_columns import PLACEMENT_COLUMNS, is_machine_column
 
 from segbench import cli
 
 SMOKE = ["run", "--dataset", "phantom", "--profile", "smoke", "--device", "cpu"]
 ARCHS = ["--arch", "fcn,unet,segnet"]
-# figures of the machine, and where the row was made: they differ between any two runs
-MACHINE_COLUMNS = {"latency_ms", "latency_p95_ms", "throughput_img_s", "energy_j_per_img",
-                   "peak_mem_mb", "train_peak_mem_mb", "train_time_s", "run_start",
-                   "measured_on", "trained_on", "device_name", "ray_node"}
 WITHOUT_RAY = """
 import sys
 sys.modules["ray"] = None  # any `import ray` now fails
@@ -82,7 +79,8 @@ def assert_session_ends(session, timeout=60):
 
 def table(folder):
     with open(folder / "results.csv") as f:
-        rows = [{k: v for k, v in row.items() if k not in MACHINE_COLUMNS}
+        rows = [{k: v for k, v in row.items()
+                 if not is_machine_column(k) and k not in PLACEMENT_COLUMNS}
                 for row in csv.DictReader(f)]
     return sorted(rows, key=lambda row: row["variant"])
 

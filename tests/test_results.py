@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from segbench import results, store
-from segbench.report import pareto_front
+from segbench.plots import pareto_front
 
 STUDY = {"dataset": "phantom", "device": "cpu", "profile": {"name": "smoke", "epochs": 1}}
 SHARED = {"study": STUDY, "dataset": {"name": "phantom"},
@@ -99,7 +99,8 @@ def test_finished_means_ok_with_every_required_column_or_a_terminal_failure():
 def test_no_temporary_files_left_behind(folder):
     folder.append(record())
     assert sorted(p.name for p in folder.path.iterdir()) == [
-        ".segbench.lock", "results.csv", "results.json", "results.md", "rows.jsonl", "run.json"]
+        ".segbench.lock", "results.csv", "results.json", "results.md", "rows.jsonl", "run.json",
+        "summary.csv", "summary.md"]
 
 
 def test_partial_last_line_is_dropped_and_runs_again(tmp_path):

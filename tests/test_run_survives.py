@@ -10,17 +10,11 @@ import sys
 import time
 
 import pytest
+from machine_columns import is_machine_column
 
 from segbench import cli, runner
 
 SMOKE = ["run", "--dataset", "phantom", "--profile", "smoke", "--device", "cpu"]
-# figures of the machine, not of the model: they differ between any two runs
-MACHINE_COLUMNS = {"latency_ms", "latency_p95_ms", "throughput_img_s", "energy_j_per_img",
-                   "peak_mem_mb", "train_peak_mem_mb", "train_time_s", "run_start", "seconds",
-                   "latency_spread_pct", "throughput_spread_pct", "train_img_s",
-                   "train_step_ms", "train_step_spread_pct", "timing_unstable",
-                   "timing_reason", "cpu_wait_pct"}
-MACHINE_STATE = ("_before", "_after")  # load, clocks and governor around each timing
 
 # Runs the CLI with SEGBENCH_TEST_KILL=NAME:N: SIGKILL itself right after the N-th os.replace
 # onto a file called NAME, or halfway through the N-th os.write into it.
@@ -78,11 +72,8 @@ def start_segbench(*args, env=None):
 
 def table(path):
     with open(path) as f:
-        return [{k: v for k, v in row.items() if not is_machine(k)} for row in csv.DictReader(f)]
-
-
-def is_machine(column):
-    return column in MACHINE_COLUMNS or column.endswith(MACHINE_STATE)
+        return [{k: v for k, v in row.items() if not is_machine_column(k)}
+                for row in csv.DictReader(f)]
 
 
 def folder_content(folder):
@@ -90,7 +81,7 @@ def folder_content(folder):
     does not measure the machine."""
     names = sorted(p.name for p in folder.iterdir())
     rows = table(folder / "results.csv")
-    as_json = [{k: v for k, v in r.items() if not is_machine(k)}
+    as_json = [{k: v for k, v in r.items() if not is_machine_column(k)}
                for r in json.loads((folder / "results.json").read_text())["rows"]]
     markdown_rows = [line for line in (folder / "results.md").read_text().splitlines()
                      if line.startswith("| ") and "---" not in line]

@@ -148,7 +148,7 @@ def test_non_finite_gradient_stops_before_the_weights_change(phantom):
         before.update({k: v.clone() for k, v in model.state_dict().items()})
 
     optimizer = make_optimizer(model, PROFILE)
-    step = make_train_step(model, optimizer, CPU, False, check_finite=True)
+    step = make_train_step(model, optimizer, CPU, None, check_finite=True)
     train = phantom.splits["train"]
     for _ in range(2):
         step(train.images[:4], train.masks[:4])

@@ -19,6 +19,7 @@ from torch import nn
 
 from segbench.config import Mode, Profile
 from segbench.data.base import Split
+from segbench.recipes import Recipe
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -63,6 +64,7 @@ class MeasureInputs:
     train_images: torch.Tensor  # one training batch at the profile's batch size
     train_masks: torch.Tensor
     num_classes: int
+    recipe: Recipe | None = None  # the unit's training recipe (None: the shared one)
 
 
 def inference_fn(model: nn.Module, x: torch.Tensor,

@@ -113,7 +113,8 @@ def inference_memory(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContex
 
 def training_memory(model: nn.Module, inputs: MeasureInputs, ctx: MeasureContext) -> dict:
     """Peak memory of one full training step (forward, loss, backward, update) at the
-    profile's batch, on a copy of the model."""
+    profile's batch, on a copy of the model, with the unit's optimizer (SGD holds one
+    momentum buffer per weight, AdamW two)."""
     return {"train_peak_mem_mb": peak_memory_mb(train_step_fn(model, inputs, ctx), ctx.device)}
 
 

@@ -127,11 +127,12 @@ def deployed(model: nn.Module, ctx: MeasureContext) -> Iterator[nn.Module]:
 
 def train_step_fn(model: nn.Module, inputs: MeasureInputs,
                   ctx: MeasureContext) -> Callable[[], float]:
-    """`fn()` runs one full training step (forward, loss, backward, AdamW update) on the
-    profile's training batch, on a copy of the row's eager model."""
+    """`fn()` runs one full training step (forward, loss, backward, update with the
+    unit's recipe's optimizer) on the profile's training batch, on a copy of the row's eager
+    model."""
     scratch = copy.deepcopy(model.eager if isinstance(model, Deployed) else model)
-    step = make_train_step(scratch, make_optimizer(scratch, ctx.profile), ctx.device,
-                           ctx.autocast_dtype is not None)
+    step = make_train_step(scratch, make_optimizer(scratch, ctx.profile, inputs.recipe),
+                           ctx.device, ctx.autocast_dtype)
     images = inputs.train_images.to(ctx.device)
     masks = inputs.train_masks.to(ctx.device)
     if ctx.mode.channels_last:
