@@ -63,7 +63,8 @@ MID_ACTIVATIONS = (None, "relu")
 #   within PIPELINE_SMEM_BYTES; the pruner below drops configs whose bound exceeds the
 #   device's shared memory (a smaller GPU than Hopper).
 # - registers: the tiles below keep every per-thread tile small; the forward also narrows
-#   its input-channel chunk for 5x5 kernels and for the exact fp32 (FMA) dot.
+#   its input-channel chunk for 5x5 kernels and for the exact fp32 (FMA) dot, which also
+#   runs its loops without unrolling or pipelining (ptxas spills them otherwise, Triton 3.6).
 
 # Shared memory that software pipelining may fill with loads kept in flight; the rest of
 # Hopper's 227 KB per block is left for the tl.dot operand staging and the epilogue.
@@ -71,6 +72,9 @@ PIPELINE_SMEM_BYTES = tl.constexpr(128 * 1024)
 # Reduction chunk of an exact fp32 tl.dot, which runs on FMA units with both operand tiles
 # in registers.
 FMA_DOT_CHUNK = tl.constexpr(16)
+# Output channels an exact fp32 forward dot takes at a time: wider [chunk, co] operand tiles
+# spill on sm_90 (32 x 256 at 8 warps, Triton 3.9).
+FMA_DOT_CO = tl.constexpr(64)
 
 # (BLOCK_P, BLOCK_CI, BLOCK_CO, num_warps, stages) that the GPU autotunes over. The forward
 # favours wide output-channel blocks, so that x is read from DRAM once for all of COUT
@@ -191,6 +195,14 @@ def _depthwise_tile(src_ptr, w_ptr, b_ptr, n, offs_hw, offs_c, C, H, W, s_n, s_c
     return acc
 
 
+@triton.constexpr_function
+def _pipeline_depth(stages, stage_bytes, fma_dot):
+    """Loop pipelining depth: STAGES, lowered so the loads in flight fit PIPELINE_SMEM_BYTES;
+    none for the exact fp32 dot, whose FMA loop is compute-bound and whose operand tiles
+    already fill the registers (prefetched loads on top of them spill)."""
+    return 1 if fma_dot else min(stages, 1 + PIPELINE_SMEM_BYTES.value // stage_bytes)
+
+
 @triton.jit
 def _plane_offsets(n, offs_hw, offs_c, s_n, s_c, s_hw):
     """Element offsets of image n, positions offs_hw and channels offs_c."""
@@ -210,38 +222,45 @@ def _dwsep_forward_kernel(x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, pw_b_ptr, out_ptr
     """out[p, co] = sum over input-channel chunks of depthwise(x)[p, chunk] @ pw[chunk, co],
     for a block of positions p and of output channels co."""
     n, offs_hw, pid_co = _image_block(tl.program_id(0), tl.cdiv(COUT, BLOCK_CO), H * W, BLOCK_P)
-    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
     hw_ok = offs_hw < H * W
-    co_ok = offs_co < COUT
     # The input-channel chunk: BLOCK_CI, narrowed where the chunk's registers would not fit.
     # A 5x5 kernel keeps 25 tap tiles in flight instead of 9; an exact fp32 dot runs on FMA
-    # units and holds both operand tiles in registers.
+    # units and holds both operand tiles in registers, so it also takes the block's output
+    # channels FMA_DOT_CO at a time, recomputing the depthwise tile for each (K*K FMAs per
+    # element against FMA_DOT_CO for the dot).
     TAP_CHUNK: tl.constexpr = BLOCK_CI if KSIZE == 3 else max(16, BLOCK_CI // 2)
     FMA_DOT: tl.constexpr = DOT_DTYPE == tl.float32 and DOT_PRECISION == "ieee"
     CHUNK: tl.constexpr = min(TAP_CHUNK, FMA_DOT_CHUNK) if FMA_DOT else TAP_CHUNK
+    CO_STEP: tl.constexpr = min(BLOCK_CO, FMA_DOT_CO) if FMA_DOT else BLOCK_CO
     # Pipelining keeps STAGES - 1 chunks of each load in flight: the K*K tap tiles (when wide
     # enough for cp.async) and the pointwise weight tile. Fewer stages when those would not
     # fit the budget.
     ELEMENT_BYTES: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth // 8
     STAGE_BYTES: tl.constexpr = (KSIZE * KSIZE * BLOCK_P * CHUNK
-                                 + CHUNK * BLOCK_CO) * ELEMENT_BYTES
-    acc = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
-    for ci_start in tl.range(0, C, CHUNK,
-                             num_stages=min(STAGES, 1 + PIPELINE_SMEM_BYTES // STAGE_BYTES)):
-        offs_ci = ci_start + tl.arange(0, CHUNK)
-        mid = _depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, n, offs_hw, offs_ci, C, H, W,
-                              sx_n, sx_c, sx_hw, dilation, KSIZE, HAS_DW_BIAS, RELU, True)
-        # Zero the rows past the image. It also stops the compiler from redoing the depthwise
-        # sum in the tl.dot operand layout, where every warp would repeat all the taps.
-        mid = tl.where(hw_ok[:, None], mid, 0.0)
-        # pw_weight is (COUT, C) row-major; this is its transposed [ci, co] tile.
-        pw = tl.load(pw_w_ptr + offs_co[None, :] * C + offs_ci[:, None],
-                     mask=(offs_ci < C)[:, None] & co_ok[None, :], other=0.0)
-        acc = tl.dot(mid.to(DOT_DTYPE), pw.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
-    if HAS_PW_BIAS:
-        acc += tl.load(pw_b_ptr + offs_co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + _plane_offsets(n, offs_hw, offs_co, so_n, so_c, so_hw),
-             acc.to(out_ptr.dtype.element_ty), mask=hw_ok[:, None] & co_ok[None, :])
+                                 + CHUNK * CO_STEP) * ELEMENT_BYTES
+    for co_step in tl.range(0, BLOCK_CO, CO_STEP):
+        offs_co = pid_co * BLOCK_CO + co_step + tl.arange(0, CO_STEP)
+        co_ok = offs_co < COUT
+        acc = tl.zeros((BLOCK_P, CO_STEP), dtype=tl.float32)
+        for ci_start in tl.range(0, C, CHUNK,
+                                 num_stages=_pipeline_depth(STAGES, STAGE_BYTES, FMA_DOT)):
+            offs_ci = ci_start + tl.arange(0, CHUNK)
+            mid = _depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, n, offs_hw, offs_ci, C, H, W,
+                                  sx_n, sx_c, sx_hw, dilation, KSIZE, HAS_DW_BIAS, RELU,
+                                  not FMA_DOT)
+            # Zero the rows past the image. It also stops the compiler from redoing the
+            # depthwise sum in the tl.dot operand layout, where every warp would repeat all
+            # the taps.
+            mid = tl.where(hw_ok[:, None], mid, 0.0)
+            # pw_weight is (COUT, C) row-major; this is its transposed [ci, co] tile.
+            pw = tl.load(pw_w_ptr + offs_co[None, :] * C + offs_ci[:, None],
+                         mask=(offs_ci < C)[:, None] & co_ok[None, :], other=0.0)
+            acc = tl.dot(mid.to(DOT_DTYPE), pw.to(DOT_DTYPE), acc,
+                         input_precision=DOT_PRECISION)
+        if HAS_PW_BIAS:
+            acc += tl.load(pw_b_ptr + offs_co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + _plane_offsets(n, offs_hw, offs_co, so_n, so_c, so_hw),
+                 acc.to(out_ptr.dtype.element_ty), mask=hw_ok[:, None] & co_ok[None, :])
 
 
 @triton.autotune(configs=_autotune_configs(BACKWARD_MID_TILES), key=["C", "COUT", "KSIZE", "RELU"],
@@ -270,7 +289,7 @@ def _dwsep_backward_mid_kernel(x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, grad_out_ptr
     STAGE_BYTES: tl.constexpr = (BLOCK_P * CHUNK + CHUNK * BLOCK_CI) * ELEMENT_BYTES
     acc = tl.zeros((BLOCK_P, BLOCK_CI), dtype=tl.float32)
     for co_start in tl.range(0, COUT, CHUNK,
-                             num_stages=min(STAGES, 1 + PIPELINE_SMEM_BYTES // STAGE_BYTES)):
+                             num_stages=_pipeline_depth(STAGES, STAGE_BYTES, FMA_DOT)):
         offs_co = co_start + tl.arange(0, CHUNK)
         co_ok = offs_co < COUT
         grad = tl.load(grad_out_ptr + _plane_offsets(n, offs_hw, offs_co, sg_n, sg_c, sg_hw),
