@@ -24,6 +24,7 @@ def test_some_architectures_have_triton_layers():
     assert WIRED
 
 
+@pytest.mark.slow  # trains and measures each model with the kernels in the interpreter: minutes
 @pytest.mark.parametrize("arch", WIRED)
 def test_both_backends_agree_on_the_same_weights(arch, tmp_path, monkeypatch):
     # a few test slices keep the interpreter fast; the rest of the pipeline is unchanged
