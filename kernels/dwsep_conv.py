@@ -62,19 +62,17 @@ MID_ACTIVATIONS = (None, "relu")
 # - shared memory: each kernel lowers its pipelining depth so that the loads in flight stay
 #   within PIPELINE_SMEM_BYTES; the pruner below drops configs whose bound exceeds the
 #   device's shared memory (a smaller GPU than Hopper).
-# - registers: the tiles below keep every per-thread tile small; the forward also narrows
-#   its input-channel chunk for 5x5 kernels and for the exact fp32 (FMA) dot, which also
-#   runs its loops without unrolling or pipelining (ptxas spills them otherwise, Triton 3.6).
+# - registers: the tiles below keep every per-thread tile small; the forward narrows its
+#   input-channel chunk for 5x5 kernels, and the exact fp32 (FMA) dots take narrow chunks
+#   and run their loops without unrolling or pipelining (ptxas spills them otherwise); the
+#   exact fp32 forward has its own entry and 4-warp tiles.
 
 # Shared memory that software pipelining may fill with loads kept in flight; the rest of
 # Hopper's 227 KB per block is left for the tl.dot operand staging and the epilogue.
 PIPELINE_SMEM_BYTES = tl.constexpr(128 * 1024)
-# Reduction chunk of an exact fp32 tl.dot, which runs on FMA units with both operand tiles
-# in registers.
+# Reduction chunk of the backward's exact fp32 tl.dot, which runs on FMA units with both
+# operand tiles in registers.
 FMA_DOT_CHUNK = tl.constexpr(16)
-# Output channels an exact fp32 forward dot takes at a time: wider [chunk, co] operand tiles
-# spill on sm_90 (32 x 256 at 8 warps, Triton 3.9).
-FMA_DOT_CO = tl.constexpr(64)
 
 # (BLOCK_P, BLOCK_CI, BLOCK_CO, num_warps, stages) that the GPU autotunes over. The forward
 # favours wide output-channel blocks, so that x is read from DRAM once for all of COUT
@@ -85,6 +83,14 @@ FORWARD_TILES = (
     (64, 32, 128, 8, 3),
     (64, 16, 128, 8, 3),
     (32, 32, 64, 4, 3),
+)
+# The exact fp32 forward (TF32 off) multiplies on FMA units with both tl.dot operand tiles in
+# registers, unpipelined (stage count 1). What fits sm_90's registers without spilling, under
+# Triton 3.9 and 3.6: 4 warps, [16, 64] pointwise tiles, at most 64 positions (128 x 64 takes
+# 255 registers and spills under 3.6; 8-warp tiles with 128-256 output channels spill too).
+EXACT_FORWARD_TILES = (
+    (32, 16, 64, 4, 1),
+    (64, 16, 64, 4, 1),
 )
 BACKWARD_MID_TILES = (
     (64, 64, 64, 8, 3),
@@ -209,6 +215,52 @@ def _plane_offsets(n, offs_hw, offs_c, s_n, s_c, s_hw):
     return n.to(tl.int64) * s_n + (offs_hw * s_hw)[:, None] + offs_c.to(tl.int64)[None, :] * s_c
 
 
+@triton.jit
+def _dwsep_forward(x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, pw_b_ptr, out_ptr,
+                   C, H, W, COUT, dilation, sx_n, sx_c, sx_hw, so_n, so_c, so_hw,
+                   KSIZE: tl.constexpr, HAS_DW_BIAS: tl.constexpr, HAS_PW_BIAS: tl.constexpr,
+                   RELU: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
+                   STAGES: tl.constexpr):
+    """out[p, co] = sum over input-channel chunks of depthwise(x)[p, chunk] @ pw[chunk, co],
+    for a block of positions p and of output channels co."""
+    n, offs_hw, pid_co = _image_block(tl.program_id(0), tl.cdiv(COUT, BLOCK_CO), H * W, BLOCK_P)
+    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    hw_ok = offs_hw < H * W
+    co_ok = offs_co < COUT
+    # The input-channel chunk: BLOCK_CI, halved for a 5x5 kernel (25 tap tiles in flight
+    # instead of 9). An exact fp32 dot runs on FMA units with both operand tiles in
+    # registers: its loops run neither unrolled nor pipelined (ptxas spills them).
+    CHUNK: tl.constexpr = BLOCK_CI if KSIZE == 3 else max(16, BLOCK_CI // 2)
+    FMA_DOT: tl.constexpr = DOT_DTYPE == tl.float32 and DOT_PRECISION == "ieee"
+    # Pipelining keeps STAGES - 1 chunks of each load in flight: the K*K tap tiles (when wide
+    # enough for cp.async) and the pointwise weight tile. Fewer stages when those would not
+    # fit the budget.
+    ELEMENT_BYTES: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth // 8
+    STAGE_BYTES: tl.constexpr = (KSIZE * KSIZE * BLOCK_P * CHUNK
+                                 + CHUNK * BLOCK_CO) * ELEMENT_BYTES
+    acc = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
+    for ci_start in tl.range(0, C, CHUNK,
+                             num_stages=_pipeline_depth(STAGES, STAGE_BYTES, FMA_DOT)):
+        offs_ci = ci_start + tl.arange(0, CHUNK)
+        mid = _depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, n, offs_hw, offs_ci, C, H, W,
+                              sx_n, sx_c, sx_hw, dilation, KSIZE, HAS_DW_BIAS, RELU,
+                              not FMA_DOT)
+        # Zero the rows past the image. It also stops the compiler from redoing the depthwise
+        # sum in the tl.dot operand layout, where every warp would repeat all the taps.
+        mid = tl.where(hw_ok[:, None], mid, 0.0)
+        # pw_weight is (COUT, C) row-major; this is its transposed [ci, co] tile.
+        pw = tl.load(pw_w_ptr + offs_co[None, :] * C + offs_ci[:, None],
+                     mask=(offs_ci < C)[:, None] & co_ok[None, :], other=0.0)
+        acc = tl.dot(mid.to(DOT_DTYPE), pw.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+    if HAS_PW_BIAS:
+        acc += tl.load(pw_b_ptr + offs_co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + _plane_offsets(n, offs_hw, offs_co, so_n, so_c, so_hw),
+             acc.to(out_ptr.dtype.element_ty), mask=hw_ok[:, None] & co_ok[None, :])
+
+
+# Two entries of the same forward, each autotuned over the tiles that suit its tl.dot: one for
+# the tensor-core dots (bf16, fp16, tf32), one for the exact fp32 dot.
 @triton.autotune(configs=_autotune_configs(FORWARD_TILES), key=["C", "COUT", "KSIZE", "RELU"],
                  prune_configs_by={"early_config_prune": _early_config_prune})
 @triton.jit
@@ -219,48 +271,26 @@ def _dwsep_forward_kernel(x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, pw_b_ptr, out_ptr
                           DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
                           BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
                           STAGES: tl.constexpr):
-    """out[p, co] = sum over input-channel chunks of depthwise(x)[p, chunk] @ pw[chunk, co],
-    for a block of positions p and of output channels co."""
-    n, offs_hw, pid_co = _image_block(tl.program_id(0), tl.cdiv(COUT, BLOCK_CO), H * W, BLOCK_P)
-    hw_ok = offs_hw < H * W
-    # The input-channel chunk: BLOCK_CI, narrowed where the chunk's registers would not fit.
-    # A 5x5 kernel keeps 25 tap tiles in flight instead of 9; an exact fp32 dot runs on FMA
-    # units and holds both operand tiles in registers, so it also takes the block's output
-    # channels FMA_DOT_CO at a time, recomputing the depthwise tile for each (K*K FMAs per
-    # element against FMA_DOT_CO for the dot).
-    TAP_CHUNK: tl.constexpr = BLOCK_CI if KSIZE == 3 else max(16, BLOCK_CI // 2)
-    FMA_DOT: tl.constexpr = DOT_DTYPE == tl.float32 and DOT_PRECISION == "ieee"
-    CHUNK: tl.constexpr = min(TAP_CHUNK, FMA_DOT_CHUNK) if FMA_DOT else TAP_CHUNK
-    CO_STEP: tl.constexpr = min(BLOCK_CO, FMA_DOT_CO) if FMA_DOT else BLOCK_CO
-    # Pipelining keeps STAGES - 1 chunks of each load in flight: the K*K tap tiles (when wide
-    # enough for cp.async) and the pointwise weight tile. Fewer stages when those would not
-    # fit the budget.
-    ELEMENT_BYTES: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth // 8
-    STAGE_BYTES: tl.constexpr = (KSIZE * KSIZE * BLOCK_P * CHUNK
-                                 + CHUNK * CO_STEP) * ELEMENT_BYTES
-    for co_step in tl.range(0, BLOCK_CO, CO_STEP):
-        offs_co = pid_co * BLOCK_CO + co_step + tl.arange(0, CO_STEP)
-        co_ok = offs_co < COUT
-        acc = tl.zeros((BLOCK_P, CO_STEP), dtype=tl.float32)
-        for ci_start in tl.range(0, C, CHUNK,
-                                 num_stages=_pipeline_depth(STAGES, STAGE_BYTES, FMA_DOT)):
-            offs_ci = ci_start + tl.arange(0, CHUNK)
-            mid = _depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, n, offs_hw, offs_ci, C, H, W,
-                                  sx_n, sx_c, sx_hw, dilation, KSIZE, HAS_DW_BIAS, RELU,
-                                  not FMA_DOT)
-            # Zero the rows past the image. It also stops the compiler from redoing the
-            # depthwise sum in the tl.dot operand layout, where every warp would repeat all
-            # the taps.
-            mid = tl.where(hw_ok[:, None], mid, 0.0)
-            # pw_weight is (COUT, C) row-major; this is its transposed [ci, co] tile.
-            pw = tl.load(pw_w_ptr + offs_co[None, :] * C + offs_ci[:, None],
-                         mask=(offs_ci < C)[:, None] & co_ok[None, :], other=0.0)
-            acc = tl.dot(mid.to(DOT_DTYPE), pw.to(DOT_DTYPE), acc,
-                         input_precision=DOT_PRECISION)
-        if HAS_PW_BIAS:
-            acc += tl.load(pw_b_ptr + offs_co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + _plane_offsets(n, offs_hw, offs_co, so_n, so_c, so_hw),
-                 acc.to(out_ptr.dtype.element_ty), mask=hw_ok[:, None] & co_ok[None, :])
+    _dwsep_forward(x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, pw_b_ptr, out_ptr,
+                   C, H, W, COUT, dilation, sx_n, sx_c, sx_hw, so_n, so_c, so_hw,
+                   KSIZE, HAS_DW_BIAS, HAS_PW_BIAS, RELU, DOT_DTYPE, DOT_PRECISION,
+                   BLOCK_P, BLOCK_CI, BLOCK_CO, STAGES)
+
+
+@triton.autotune(configs=_autotune_configs(EXACT_FORWARD_TILES),
+                 key=["C", "COUT", "KSIZE", "RELU"],
+                 prune_configs_by={"early_config_prune": _early_config_prune})
+@triton.jit
+def _dwsep_forward_exact_kernel(x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, pw_b_ptr, out_ptr,
+                                C, H, W, COUT, dilation, sx_n, sx_c, sx_hw, so_n, so_c, so_hw,
+                                KSIZE: tl.constexpr, HAS_DW_BIAS: tl.constexpr,
+                                HAS_PW_BIAS: tl.constexpr, RELU: tl.constexpr,
+                                BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr,
+                                BLOCK_CO: tl.constexpr, STAGES: tl.constexpr):
+    _dwsep_forward(x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, pw_b_ptr, out_ptr,
+                   C, H, W, COUT, dilation, sx_n, sx_c, sx_hw, so_n, so_c, so_hw,
+                   KSIZE, HAS_DW_BIAS, HAS_PW_BIAS, RELU, tl.float32, "ieee",
+                   BLOCK_P, BLOCK_CI, BLOCK_CO, STAGES)
 
 
 @triton.autotune(configs=_autotune_configs(BACKWARD_MID_TILES), key=["C", "COUT", "KSIZE", "RELU"],
@@ -407,12 +437,15 @@ def _launch_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, dilation: int,
     def grid(meta):
         return (n * triton.cdiv(h * w, meta["BLOCK_P"]) * triton.cdiv(cout, meta["BLOCK_CO"]),)
 
-    _dwsep_forward_kernel[grid](
+    exact = dot.dtype == tl.float32 and dot.precision == "ieee"
+    kernel, dot_args = ((_dwsep_forward_exact_kernel, {}) if exact else
+                        (_dwsep_forward_kernel,
+                         {"DOT_DTYPE": dot.dtype, "DOT_PRECISION": dot.precision}))
+    kernel[grid](
         x, dw_w, _bias_or(dw_bias, dw_w), pw_w, _bias_or(pw_bias, pw_w), out,
         c, h, w, cout, dilation, *_plane_strides(x), *_plane_strides(out),
         KSIZE=dw_weight.shape[-1], HAS_DW_BIAS=dw_bias is not None,
-        HAS_PW_BIAS=pw_bias is not None, RELU=relu, DOT_DTYPE=dot.dtype,
-        DOT_PRECISION=dot.precision,
+        HAS_PW_BIAS=pw_bias is not None, RELU=relu, **dot_args,
     )
     return out
 

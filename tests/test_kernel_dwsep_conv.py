@@ -276,7 +276,8 @@ H100_SHARED_MEMORY = 232448  # bytes a block may use on sm_90
 
 
 def test_every_gpu_config_fits_hopper_shared_memory():
-    for tiles in (dwsep_conv.FORWARD_TILES, dwsep_conv.BACKWARD_MID_TILES):
+    for tiles in (dwsep_conv.FORWARD_TILES, dwsep_conv.EXACT_FORWARD_TILES,
+                  dwsep_conv.BACKWARD_MID_TILES):
         configs = dwsep_conv._configs(tiles)
         for element_bytes in (2, 4):
             kept = dwsep_conv._prune(configs, {"BLOCK_P": 4096, "BLOCK_CI": 2048,
